@@ -1,0 +1,8 @@
+"""Model code: encoders, prompt encoder, two-way transformer, mask decoder, and the Sam wrapper."""
+
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import ImageSpec, Sam, build_sam
+from .transformer import TwoWayTransformer
+
+__all__ = ["ImageSpec", "MaskDecoder", "PromptEncoder", "Sam", "TwoWayTransformer", "build_sam"]

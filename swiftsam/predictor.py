@@ -1,0 +1,204 @@
+"""Predictor: encode an image once, then decode masks for any number of prompts.
+
+API-compatible with ``segment_anything.SamPredictor`` (set_image / predict / predict_torch /
+get_image_embedding), plus batched prompts and embeddings saved to disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .image_io import ImageLike, load_image
+from .modeling.sam import Sam
+from .prompts import check_boxes, check_mask_input, check_points
+from .transforms import postprocess_masks, resized_shape, to_prompt_frame
+from .utils import atomic_path
+
+EMBEDDING_FORMAT = "swiftsam-embedding/1"
+
+
+class Predictor:
+    def __init__(self, model: Sam | str, checkpoint: str | os.PathLike[str] | None = None,
+                 device: str | torch.device | None = None) -> None:
+        if isinstance(model, str):
+            from .api import load
+
+            model = load(model, checkpoint=checkpoint, device=device)
+        elif device is not None:
+            model = model.to(device)
+        self.model = model.eval()
+        self.reset_image()
+
+    # ------------------------------------------------------------------ image
+    def reset_image(self) -> None:
+        self.features: torch.Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.is_image_set = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Size of the resized image inside the prompt frame (as SamPredictor.input_size)."""
+        self._require_image()
+        return resized_shape(*self.original_size, self.model.spec.prompt_size)
+
+    @torch.inference_mode()
+    def set_image(self, image: ImageLike, image_format: str = "RGB") -> None:
+        """Encode an image: H x W x 3 uint8 array, PIL image or path (gray and RGBA converted)."""
+        if image_format not in ("RGB", "BGR"):
+            raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
+        array = load_image(image)
+        if image_format == "BGR":
+            array = np.ascontiguousarray(array[..., ::-1])
+        x, _ = self.model.preprocess(array)
+        self.set_image_embedding(self.model.encode(x), array.shape[:2])
+
+    def get_image_embedding(self) -> torch.Tensor:
+        self._require_image()
+        return self.features
+
+    def set_image_embedding(self, embedding: torch.Tensor, original_size: tuple[int, int]) -> None:
+        """Use a precomputed embedding (1 x 256 x 64 x 64) of an image of ``original_size`` (H, W)."""
+        pe = self.model.prompt_encoder
+        want = (1, pe.embed_dim, *pe.image_embedding_size)
+        if tuple(embedding.shape) != want:
+            raise InputError(f"embedding must have shape {want}, got {tuple(embedding.shape)}.")
+        h, w = (int(v) for v in original_size)
+        if h <= 0 or w <= 0:
+            raise InputError(f"original_size must be positive (H, W), got {original_size}.")
+        self.features = embedding.to(self.device)
+        self.original_size = (h, w)
+        self.is_image_set = True
+
+    def save_embedding(self, path: str | os.PathLike[str]) -> None:
+        """Write the current embedding so the image never needs encoding again (atomic write)."""
+        self._require_image()
+        payload = {
+            "format": EMBEDDING_FORMAT,
+            "model": getattr(self.model, "zoo_name", None) or "",
+            "embedding": self.features.detach().cpu(),
+            "original_size": torch.tensor(self.original_size),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    def load_embedding(self, path: str | os.PathLike[str]) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"embedding file not found: {path}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise InputError(f"{path} is not a swiftsam embedding file ({type(e).__name__}).") from None
+        if not isinstance(payload, dict) or payload.get("format") != EMBEDDING_FORMAT:
+            raise InputError(f"{path} is not a swiftsam embedding file (written by Predictor.save_embedding).")
+        ours = getattr(self.model, "zoo_name", None) or ""
+        if payload["model"] and ours and payload["model"] != ours:
+            raise InputError(f"{path} was computed by {payload['model']}, but this predictor runs {ours}.")
+        self.set_image_embedding(payload["embedding"], tuple(payload["original_size"].tolist()))
+
+    # ---------------------------------------------------------------- prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks (C x H x W), scores (C,), low-res logits (C x 256 x 256) for one prompt.
+
+        A prompt is any combination of points (x, y pixels with labels 1/0), one box
+        (x0, y0, x1, y1) and the low-res logits of an earlier prediction. C is 3 with
+        ``multimask_output`` and 1 without.
+        """
+        batched = [None if a is None else np.asarray(a)[None] for a in (point_coords, point_labels, box, mask_input)]
+        if point_coords is not None:
+            self._require_image()
+            check_points(point_coords, point_labels, self.original_size)
+        if box is not None:
+            self._require_image()
+            check_boxes(box, self.original_size)
+        if mask_input is not None:
+            check_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)
+        masks, scores, low = self.predict_batch(*batched, multimask_output=multimask_output, return_logits=return_logits)
+        return masks[0], scores[0], low[0]
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """B prompts in one decoder call: points (B, N, 2) + labels (B, N), boxes (B, 4), mask_input
+        (B, 1, 256, 256). Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, 256, 256).
+        """
+        self._require_image()
+        if point_coords is None and boxes is None and mask_input is None:
+            raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
+        if point_coords is None and point_labels is not None:
+            raise InputError("point_labels were given without point_coords.")
+        dev = self.device
+        coords_t = labels_t = boxes_t = mask_t = None
+        sizes = []
+        if point_coords is not None:
+            c, lab = check_points(point_coords, point_labels, self.original_size, batched=True)
+            c = to_prompt_frame(c, self.original_size, self.model.spec.prompt_size)
+            coords_t = torch.as_tensor(c, dtype=torch.float32, device=dev)
+            labels_t = torch.as_tensor(lab, dtype=torch.int64, device=dev)
+            sizes.append(c.shape[0])
+        if boxes is not None:
+            b = check_boxes(boxes, self.original_size, batched=True)
+            b = to_prompt_frame(b.reshape(-1, 2, 2), self.original_size, self.model.spec.prompt_size).reshape(-1, 4)
+            boxes_t = torch.as_tensor(b, dtype=torch.float32, device=dev)
+            sizes.append(b.shape[0])
+        if mask_input is not None:
+            m = np.asarray(mask_input)
+            m = m[:, None] if m.ndim == 3 else m
+            m = check_mask_input(m, self.model.prompt_encoder.mask_input_size, batch=m.shape[0] if m.ndim else 0)
+            mask_t = torch.as_tensor(m, dtype=torch.float32, device=dev)
+            sizes.append(m.shape[0])
+        if len(set(sizes)) > 1:
+            raise InputError(f"prompt batches differ in size (points, boxes, masks): {sizes}; give one of each per prompt.")
+        masks, scores, low = self.predict_torch(coords_t, labels_t, boxes_t, mask_t, multimask_output, return_logits)
+        return masks.cpu().numpy(), scores.float().cpu().numpy(), low.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompts already in the prompt frame, as tensors (as SamPredictor.predict_torch)."""
+        self._require_image()
+        points = (point_coords, point_labels) if point_coords is not None else None
+        pick_best = not multimask_output and getattr(self.model, "multimask_only", False)
+        low, scores = self.model.decode(self.features, points, boxes, mask_input, multimask_output or pick_best)
+        if pick_best:  # the single-mask token was never trained: keep the best of the three
+            best = scores.argmax(dim=1, keepdim=True)
+            low = low.gather(1, best[..., None, None].expand(-1, -1, *low.shape[-2:]))
+            scores = scores.gather(1, best)
+        masks = postprocess_masks(low, self.original_size, self.model.spec.prompt_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, scores, low
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise InputError("no image set: call set_image(...) (or load_embedding) before predicting.")

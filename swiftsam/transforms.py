@@ -1,0 +1,58 @@
+"""Geometry shared by every model: resize-longest-side, padding, prompt and mask coordinates.
+
+Two frames matter. The *encoder frame* is the square image the encoder sees (``input_size``:
+1024 for SAM, 512 for EfficientViT-SAM L*). The *prompt frame* is the 1024-pixel frame in which
+SAM's prompt encoder and mask decoder were trained; prompts are mapped there and masks are
+cropped there, whatever the encoder's input size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+
+def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """(h, w) scaled so that the longer side is ``long_side`` (rounded half up)."""
+    scale = long_side / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Resize an H x W x 3 uint8 image with PIL's bilinear filter (as SAM's reference does)."""
+    h, w = resized_shape(image.shape[0], image.shape[1], long_side)
+    if (h, w) == image.shape[:2]:
+        return image
+    return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def to_prompt_frame(coords: np.ndarray, original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
+    """Map pixel coordinates (..., 2) as (x, y) in the original image into the prompt frame."""
+    old_h, old_w = original_size
+    new_h, new_w = resized_shape(old_h, old_w, prompt_size)
+    out = np.array(coords, dtype=np.float64, copy=True)
+    out[..., 0] *= new_w / old_w
+    out[..., 1] *= new_h / old_h
+    return out
+
+
+def from_prompt_frame(coords: np.ndarray, original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
+    """Inverse of :func:`to_prompt_frame`."""
+    old_h, old_w = original_size
+    new_h, new_w = resized_shape(old_h, old_w, prompt_size)
+    out = np.array(coords, dtype=np.float64, copy=True)
+    out[..., 0] *= old_w / new_w
+    out[..., 1] *= old_h / new_h
+    return out
+
+
+def postprocess_masks(
+    low_res: torch.Tensor, original_size: tuple[int, int], prompt_size: int
+) -> torch.Tensor:
+    """Low-resolution logits (B x M x 256 x 256) to logits at the original image size."""
+    masks = F.interpolate(low_res, (prompt_size, prompt_size), mode="bilinear", align_corners=False)
+    h, w = resized_shape(original_size[0], original_size[1], prompt_size)
+    masks = masks[..., :h, :w]
+    return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)

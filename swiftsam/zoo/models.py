@@ -1,0 +1,127 @@
+"""The zoo's entries: every efficient SAM family, loadable from its authors' checkpoint."""
+
+from __future__ import annotations
+
+from ..modeling.common import set_norm_eps
+from ..modeling.encoders import (
+    ImageEncoderViT,
+    ResNetSamEncoder,
+    TinyViT,
+    build_efficientvit_sam_encoder,
+)
+from ..modeling.sam import ImageSpec, Sam, build_sam
+from .registry import ModelEntry, Weights, register
+
+SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+EVIT_URL = "https://huggingface.co/mit-han-lab/efficientvit-sam/resolve/main/"
+
+_VIT_CONFIGS = {
+    "b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    "l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    "h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+}
+
+
+def _sam_vit(size: str, depth: int | None = None) -> Sam:
+    cfg = dict(_VIT_CONFIGS[size])
+    if depth is not None:  # reduced depth, for tests; global blocks are kept inside the range
+        cfg["global_attn_indexes"] = tuple(i for i in cfg["global_attn_indexes"] if i < depth) or (depth - 1,)
+        cfg["depth"] = depth
+    return build_sam(ImageEncoderViT(**cfg), ImageSpec())
+
+
+def _tiny_vit() -> Sam:
+    return build_sam(TinyViT(), ImageSpec())
+
+
+def _efficientvit(variant: str, depth_scale: float = 1.0) -> Sam:
+    encoder = build_efficientvit_sam_encoder(variant, depth_scale)
+    model = build_sam(encoder, ImageSpec(input_size=encoder.img_size))
+    set_norm_eps(model, 1e-6)  # the authors set every norm of the model, decoder included, to 1e-6
+    return model
+
+
+def _nanosam(depth: str, input_size: int = 1024) -> Sam:
+    return build_sam(ResNetSamEncoder(depth, img_size=input_size), ImageSpec(input_size=input_size))
+
+
+for size, (file, sha, mb) in {
+    "b": ("sam_vit_b_01ec64.pth", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 358),
+    "l": ("sam_vit_l_0b3195.pth", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1192),
+    "h": ("sam_vit_h_4b8939.pth", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2446),
+}.items():
+    register(ModelEntry(
+        name=f"sam-vit-{size}",
+        family="sam",
+        builder=lambda depth=None, _s=size: _sam_vit(_s, depth),
+        spec=ImageSpec(),
+        description=f"Segment Anything ViT-{size.upper()} (Meta)",
+        weights=Weights(file, (SAM_URL + file,), sha, mb),
+        aliases=(f"vit_{size}", f"sam_vit_{size}"),
+    ))
+
+_TINYVIT_HEAD = ("image_encoder.norm_head.", "image_encoder.head.")
+
+register(ModelEntry(
+    name="mobilesam",
+    family="tinyvit",
+    builder=_tiny_vit,
+    spec=ImageSpec(),
+    description="MobileSAM: TinyViT-5M distilled from SAM ViT-H",
+    weights=Weights(
+        "mobile_sam.pt",
+        (
+            "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            "https://huggingface.co/kornia/mobile_sam/resolve/main/mobile_sam.pt",
+        ),
+        "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        39,
+    ),
+    ignore_keys=_TINYVIT_HEAD,
+    aliases=("mobile_sam", "vit_t"),
+))
+
+register(ModelEntry(
+    name="tinysam",
+    family="tinyvit",
+    builder=_tiny_vit,
+    spec=ImageSpec(),
+    description="TinySAM: TinyViT-5M, full-stage distillation with hard prompt sampling",
+    weights=Weights(
+        "tinysam.pth",
+        ("https://github.com/xinghaochen/TinySAM/releases/download/1.0/tinysam.pth",),
+        "4b8edcf93af46e2a658ae455574de62873778a5cc3fd8e8adf094dcdfa957cf2",
+        40,
+    ),
+    ignore_keys=_TINYVIT_HEAD,
+    multimask_only=True,
+))
+
+_EVIT_SHA = {
+    "l0": "c4f994b01a16d48bcf2fbbb089448cfbf58fae5811edfa8113c953b8b8cc64b8",
+    "l1": "fa151df2b9b96896accd505470755cdd293a4c50cdabac95478f3fbd86d9152b",
+    "l2": "d4bfd842224cbb99de09acc3325e81ac5b7e8725c8fbdab152305e5d934bfe4a",
+    "xl0": "9bc2f87bd23d6e6d1f7b5beff910f98835c7c333fac73e695bac0bec685968f8",
+    "xl1": "10f42277679427c1183dcff19758e536aa86bcc4304e4b387ff48865784be05c",
+}
+for variant, sha in _EVIT_SHA.items():
+    file = f"efficientvit_sam_{variant}.pt"
+    register(ModelEntry(
+        name=f"efficientvit-sam-{variant}",
+        family="efficientvit",
+        builder=lambda depth_scale=1.0, _v=variant: _efficientvit(_v, depth_scale),
+        spec=ImageSpec(input_size=512 if variant.startswith("l") else 1024),
+        description=f"EfficientViT-SAM-{variant.upper()} (MIT Han Lab)",
+        weights=Weights(file, (EVIT_URL + file,), sha),
+        aliases=(f"efficientvit_sam_{variant}",),
+    ))
+
+for depth in ("18", "34", "50"):
+    register(ModelEntry(
+        name=f"nanosam-r{depth}",
+        family="nanosam",
+        builder=lambda input_size=1024, _d=depth: _nanosam(f"resnet{_d}", input_size),
+        spec=ImageSpec(),
+        description=f"NanoSAM-style ResNet{depth} student + SAM decoder (train with swiftsam; no official .pt)",
+        aliases=(f"resnet{depth}",),
+    ))

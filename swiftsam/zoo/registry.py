@@ -1,0 +1,64 @@
+"""The model registry: one entry per named model (builder, image spec, official weights)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ModelNotFoundError
+from ..modeling.sam import ImageSpec, Sam
+
+
+@dataclass(frozen=True)
+class Weights:
+    """An official checkpoint: where it lives and how to check it."""
+
+    filename: str
+    urls: tuple[str, ...]  # the authors' URL first, then mirrors
+    sha256: str
+    size_mb: float | None = None  # approximate, for display only; sha256 is the check
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    builder: Callable[..., Sam]
+    spec: ImageSpec
+    description: str
+    weights: Weights | None = None
+    # checkpoint keys (prefixes) that belong to the authors' training code, not to the model
+    ignore_keys: tuple[str, ...] = ()
+    # the single-mask output token was never trained (TinySAM): take the best of the 3 instead
+    multimask_only: bool = False
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    def build(self, **kwargs) -> Sam:
+        """A model with freshly initialised weights."""
+        return self.builder(**kwargs)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(entry: ModelEntry) -> ModelEntry:
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model {entry.name!r} is registered twice")
+    _REGISTRY[entry.name] = entry
+    for alias in entry.aliases:
+        _ALIASES[alias] = entry.name
+    return entry
+
+
+def get_entry(name: str) -> ModelEntry:
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in _REGISTRY:
+        raise ModelNotFoundError(
+            f"unknown model {name!r}. Known models: {', '.join(list_models())} (see `swiftsam models`)."
+        )
+    return _REGISTRY[key]
+
+
+def list_models() -> list[str]:
+    return list(_REGISTRY)

@@ -1,0 +1,168 @@
+"""Test harness. The authors' reference packages import torchvision and timm, which do not work
+with the CPU torch used here; this file stubs the few functions they import, for tests only."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _module(name: str, **attrs) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    sys.modules[name] = mod
+    return mod
+
+
+def _install_torchvision_stub() -> None:
+    def resize(img, size, *args, **kwargs):
+        return img.resize((size[1], size[0]), Image.BILINEAR)
+
+    def to_pil_image(arr):
+        return Image.fromarray(np.asarray(arr))
+
+    class Compose:
+        def __init__(self, ts):
+            self.ts = ts
+
+        def __call__(self, x):
+            for t in self.ts:
+                x = t(x)
+            return x
+
+    class ToTensor:
+        def __call__(self, arr):
+            return torch.from_numpy(np.asarray(arr).copy()).permute(2, 0, 1).float().div(255)
+
+    class Normalize:
+        def __init__(self, mean, std):
+            self.mean = torch.tensor(mean).view(-1, 1, 1)
+            self.std = torch.tensor(std).view(-1, 1, 1)
+
+        def __call__(self, x):
+            return (x - self.mean) / self.std
+
+    def box_area(b):
+        return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+    def batched_nms(boxes, scores, idxs, iou_threshold):
+        keep = []
+        order = torch.argsort(scores, descending=True).tolist()
+        area = box_area(boxes)
+        suppressed = set()
+        for i in order:
+            if i in suppressed:
+                continue
+            keep.append(i)
+            for j in order:
+                if j in suppressed or j == i or idxs[j] != idxs[i]:
+                    continue
+                lt = torch.maximum(boxes[i, :2], boxes[j, :2])
+                rb = torch.minimum(boxes[i, 2:], boxes[j, 2:])
+                inter = (rb - lt).clamp(min=0).prod()
+                if inter / (area[i] + area[j] - inter) > iou_threshold:
+                    suppressed.add(j)
+        return torch.tensor(keep, dtype=torch.int64)
+
+    tv = _module("torchvision")
+    tv.transforms = _module("torchvision.transforms", Compose=Compose, ToTensor=ToTensor, Normalize=Normalize)
+    tv.transforms.functional = _module("torchvision.transforms.functional", resize=resize, to_pil_image=to_pil_image)
+    tv.ops = _module("torchvision.ops")
+    tv.ops.boxes = _module("torchvision.ops.boxes", batched_nms=batched_nms, box_area=box_area)
+
+
+def _install_timm_stub() -> None:
+    class DropPath(torch.nn.Module):
+        def __init__(self, drop_prob=0.0):
+            super().__init__()
+            self.drop_prob = drop_prob
+
+        def forward(self, x):
+            return x
+
+    def trunc_normal_(t, std=1.0, **kwargs):
+        with torch.no_grad():
+            return t.normal_(0, std).clamp_(-2 * std, 2 * std)
+
+    timm = _module("timm")
+    timm.models = _module("timm.models")
+    timm.models.layers = _module(
+        "timm.models.layers", DropPath=DropPath, to_2tuple=lambda x: tuple(x) if isinstance(x, (tuple, list)) else (x, x),
+        trunc_normal_=trunc_normal_,
+    )
+    timm.models.registry = _module("timm.models.registry", register_model=lambda fn: fn)
+
+
+def _usable(name: str) -> bool:
+    try:
+        __import__(name)
+        return True
+    except Exception:
+        sys.modules.pop(name, None)
+        return False
+
+
+if not _usable("torchvision"):
+    _install_torchvision_stub()
+if not _usable("timm"):
+    _install_timm_stub()
+
+
+def have(pkg: str) -> bool:
+    return importlib.util.find_spec(pkg) is not None
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def swiftsam_home(tmp_path, monkeypatch):
+    """An empty checkpoint cache for the test."""
+    monkeypatch.setenv("SWIFTSAM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SWIFTSAM_MIRROR", raising=False)
+    return tmp_path / "home"
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter and buffer random, well-scaled values (BN statistics included)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith("running_mean"):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+            elif t.ndim <= 1:
+                base = 1.0 if name.endswith("weight") else 0.0
+                t.copy_(base + 0.1 * torch.randn(t.shape, generator=g))
+            else:
+                fan_in = max(1, math.prod(t.shape[1:]))
+                t.copy_(torch.randn(t.shape, generator=g) / math.sqrt(fan_in))
+    return model
+
+
+def test_image(h: int = 240, w: int = 320, seed: int = 0) -> np.ndarray:
+    """A smooth random RGB image (structured enough for meaningful masks)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC))
+
+
+test_image.__test__ = False  # not a pytest test
