@@ -26,9 +26,12 @@ def read_state_dict(path: str | os.PathLike[str], weights_only: bool = True) -> 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as e:
+        found = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+        if not found:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint that can be read ({str(e).splitlines()[-1]}).") from None
         raise CheckpointError(
-            f"{path} holds pickled Python objects that weights_only=True refuses ({e}). Load it with "
-            f"allow_pickle=True only if you trust where it came from."
+            f"{path} holds pickled Python objects that weights_only=True refuses ({found[0]}). "
+            f"Load it with allow_pickle=True only if you trust where it came from."
         ) from None
     except Exception as e:  # zip/format errors from torch
         raise CheckpointError(f"{path} is not a PyTorch checkpoint that can be read ({type(e).__name__}: {e}).") from None

@@ -1,0 +1,143 @@
+"""Command line: ``swiftsam models | download NAME | segment IMAGE ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .api import DEFAULT_MODEL, load
+from .errors import InputError, SwiftSamError
+from .image_io import load_image
+from .predictor import Predictor
+from .utils import atomic_path
+from .visualize import label_image, overlay
+from .zoo import get_entry, list_models
+from .zoo.hub import cached_path, download
+
+
+def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts:
+        raise argparse.ArgumentTypeError(f"{what} must be {' or '.join(str(c) for c in counts)} comma-separated numbers, got {text!r}")
+    return values
+
+
+def _point(text: str) -> list[float]:
+    v = _numbers(text, (2, 3), "--point (x,y[,label])")
+    if len(v) == 3 and v[2] not in (0, 1):
+        raise argparse.ArgumentTypeError(f"point label must be 1 (foreground) or 0 (background), got {text!r}")
+    return v if len(v) == 3 else v + [1.0]
+
+
+def _box(text: str) -> list[float]:
+    return _numbers(text, (4,), "--box (x0,y0,x1,y1)")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = [("name", "family", "input", "MB", "cached", "description")]
+    for name in list_models():
+        e = get_entry(name)
+        cached = "-" if e.weights is None else ("yes" if cached_path(e.weights).exists() else "no")
+        mb = "-" if e.weights is None or e.weights.size_mb is None else f"{e.weights.size_mb:.0f}"
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        rows.append((name + default, e.family, str(e.spec.input_size), mb, cached, e.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    path = download(get_entry(args.name), force=args.force)
+    print(path)
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    points = args.point or []
+    boxes = args.box or []
+    if not points and not boxes:
+        raise InputError("give at least one --point x,y[,label] or --box x0,y0,x1,y1.")
+    if len(boxes) > 1 and points:
+        raise InputError("with several --box prompts each box is one object; --point can only go with a single box.")
+    image = load_image(args.image)
+    predictor = Predictor(load(args.model, checkpoint=args.checkpoint))
+    predictor.set_image(image)
+    coords = np.array([p[:2] for p in points]) if points else None
+    labels = np.array([p[2] for p in points]) if points else None
+    n = max(1, len(boxes))
+    masks, scores, _ = predictor.predict_batch(
+        point_coords=None if coords is None else coords[None],
+        point_labels=None if labels is None else labels[None],
+        boxes=np.array(boxes) if boxes else None,
+        multimask_output=args.multimask,
+    )
+    best = scores.argmax(axis=1)  # with --multimask keep the mask the model rates best
+    chosen = masks[np.arange(n), best]
+    with atomic_path(args.out) as tmp:
+        Image.fromarray(label_image(chosen)).save(tmp, format="PNG")
+    if args.overlay:
+        with atomic_path(args.overlay) as tmp:
+            overlay(image, chosen, [tuple(p) for p in points], [tuple(b) for b in boxes]).save(tmp, format="PNG")
+    if args.json:
+        objects = []
+        for k in range(n):
+            ys, xs = np.nonzero(chosen[k])
+            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)] if xs.size else None
+            objects.append({
+                "id": k + 1, "score": float(scores[k, best[k]]), "area": int(chosen[k].sum()), "bbox_xywh": bbox,
+                "box": boxes[k] if boxes else None, "points": points,
+            })
+        print(json.dumps({"image": str(args.image), "model": args.model, "masks": str(args.out), "objects": objects}, indent=2))
+    else:
+        for k in range(n):
+            print(f"object {k + 1}: score {scores[k, best[k]]:.3f}, area {int(chosen[k].sum())} px")
+        print(f"wrote {args.out}" + (f" and {args.overlay}" if args.overlay else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="swiftsam", description="Fast Segment Anything models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the model zoo and what is cached").set_defaults(fn=cmd_models)
+
+    d = sub.add_parser("download", help="download and verify a model's official checkpoint")
+    d.add_argument("name")
+    d.add_argument("--force", action="store_true", help="download again even if cached")
+    d.set_defaults(fn=cmd_download)
+
+    s = sub.add_parser("segment", help="segment one image from point and box prompts")
+    s.add_argument("image")
+    s.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo model name (default {DEFAULT_MODEL})")
+    s.add_argument("--checkpoint", help="local checkpoint instead of the official download")
+    s.add_argument("--point", type=_point, action="append", metavar="X,Y[,LABEL]",
+                   help="a click: label 1 = foreground (default), 0 = background; repeatable")
+    s.add_argument("--box", type=_box, action="append", metavar="X0,Y0,X1,Y1", help="a box; each box is one object")
+    s.add_argument("--multimask", action="store_true", help="predict 3 candidates and keep the best-scored")
+    s.add_argument("--out", required=True, help="label PNG: 0 background, object k = k (255 for one object)")
+    s.add_argument("--overlay", help="also write the image with masks and prompts drawn over it")
+    s.add_argument("--json", action="store_true", help="print the results as JSON")
+    s.set_defaults(fn=cmd_segment)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SwiftSamError as e:
+        print(f"swiftsam: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
