@@ -146,10 +146,10 @@ class Predictor:
         (B, 1, 256, 256). Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, 256, 256).
         """
         self._require_image()
-        if point_coords is None and boxes is None and mask_input is None:
-            raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
         if point_coords is None and point_labels is not None:
             raise InputError("point_labels were given without point_coords.")
+        if point_coords is None and boxes is None and mask_input is None:
+            raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
         dev = self.device
         coords_t = labels_t = boxes_t = mask_t = None
         sizes = []

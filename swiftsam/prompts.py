@@ -47,11 +47,13 @@ def check_boxes(box: object, hw: tuple[int, int], batched: bool = False) -> np.n
         want = "(B, 4)" if batched else "(4,)"
         raise InputError(f"box must have shape {want} as x0, y0, x1, y1 pixels; got shape {b.shape}.")
     b2 = b.reshape(-1, 4)
-    if np.any(b2[:, 2] < b2[:, 0]) or np.any(b2[:, 3] < b2[:, 1]):
-        raise InputError(f"box must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1; got {b2[0].tolist()}.")
+    flipped = (b2[:, 2] < b2[:, 0]) | (b2[:, 3] < b2[:, 1])
+    if flipped.any():
+        raise InputError(f"box must be x0, y0, x1, y1 with x0 <= x1 and y0 <= y1; got {b2[flipped][0].tolist()}.")
     h, w = hw
-    if np.any(b2[:, [0, 2]] < 0) or np.any(b2[:, [0, 2]] > w) or np.any(b2[:, [1, 3]] < 0) or np.any(b2[:, [1, 3]] > h):
-        raise InputError(f"box outside the {w}x{h} image: {b2[0].tolist()}. Clip it to the image first.")
+    outside = (b2[:, [0, 2]] < 0).any(1) | (b2[:, [0, 2]] > w).any(1) | (b2[:, [1, 3]] < 0).any(1) | (b2[:, [1, 3]] > h).any(1)
+    if outside.any():
+        raise InputError(f"box outside the {w}x{h} image: {b2[outside][0].tolist()}. Clip it to the image first.")
     return b
 
 

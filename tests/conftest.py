@@ -139,10 +139,11 @@ def swiftsam_home(tmp_path, monkeypatch):
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every parameter and buffer random, well-scaled values (BN statistics included)."""
+    """Give every saved tensor random, well-scaled values (BN statistics included). Non-persistent
+    buffers (pixel mean/std, index tables) are left alone: they are not weights."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        for name, t in model.state_dict(keep_vars=True).items():
             if not t.is_floating_point():
                 continue
             if name.endswith("running_var"):

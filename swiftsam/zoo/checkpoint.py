@@ -28,7 +28,7 @@ def read_state_dict(path: str | os.PathLike[str], weights_only: bool = True) -> 
     except pickle.UnpicklingError as e:
         found = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
         if not found:
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint that can be read ({str(e).splitlines()[-1]}).") from None
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint that can be read (torch.load cannot unpickle it).") from None
         raise CheckpointError(
             f"{path} holds pickled Python objects that weights_only=True refuses ({found[0]}). "
             f"Load it with allow_pickle=True only if you trust where it came from."
