@@ -50,6 +50,8 @@ NUMERIC_CASES = [
     ("sam-vit-h", {"depth": 2}, {"depth": 2}),
     ("mobilesam", {}, {}),
     ("efficientvit-sam-l0", {}, {}),
+    ("efficientvit-sam-l1", {}, {}),
+    ("efficientvit-sam-l2", {}, {}),
     ("efficientvit-sam-xl0", {"depth_scale": 0.34}, {"depth_scale": 0.34}),
     ("efficientvit-sam-xl1", {"depth_scale": 0.17}, {"depth_scale": 0.17}),
 ]
