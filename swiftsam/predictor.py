@@ -83,7 +83,7 @@ class Predictor:
         self._require_image()
         payload = {
             "format": EMBEDDING_FORMAT,
-            "model": getattr(self.model, "zoo_name", None) or "",
+            "model": self.model.zoo_name or "",
             "embedding": self.features.detach().cpu(),
             "original_size": torch.tensor(self.original_size),
         }
@@ -100,7 +100,7 @@ class Predictor:
             raise InputError(f"{path} is not a swiftsam embedding file ({type(e).__name__}).") from None
         if not isinstance(payload, dict) or payload.get("format") != EMBEDDING_FORMAT:
             raise InputError(f"{path} is not a swiftsam embedding file (written by Predictor.save_embedding).")
-        ours = getattr(self.model, "zoo_name", None) or ""
+        ours = self.model.zoo_name or ""
         if payload["model"] and ours and payload["model"] != ours:
             raise InputError(f"{path} was computed by {payload['model']}, but this predictor runs {ours}.")
         self.set_image_embedding(payload["embedding"], tuple(payload["original_size"].tolist()))
@@ -188,7 +188,7 @@ class Predictor:
         """Prompts already in the prompt frame, as tensors (as SamPredictor.predict_torch)."""
         self._require_image()
         points = (point_coords, point_labels) if point_coords is not None else None
-        pick_best = not multimask_output and getattr(self.model, "multimask_only", False)
+        pick_best = not multimask_output and self.model.multimask_only
         low, scores = self.model.decode(self.features, points, boxes, mask_input, multimask_output or pick_best)
         if pick_best:  # the single-mask token was never trained: keep the best of the three
             best = scores.argmax(dim=1, keepdim=True)

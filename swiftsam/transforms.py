@@ -28,24 +28,21 @@ def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
     return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
-def to_prompt_frame(coords: np.ndarray, original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
-    """Map pixel coordinates (..., 2) as (x, y) in the original image into the prompt frame."""
+def _frame_scale(original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
+    """(sx, sy) that take original-image pixels into the prompt frame."""
     old_h, old_w = original_size
     new_h, new_w = resized_shape(old_h, old_w, prompt_size)
-    out = np.array(coords, dtype=np.float64, copy=True)
-    out[..., 0] *= new_w / old_w
-    out[..., 1] *= new_h / old_h
-    return out
+    return np.array([new_w / old_w, new_h / old_h])
+
+
+def to_prompt_frame(coords: np.ndarray, original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
+    """Map pixel coordinates (..., 2) as (x, y) in the original image into the prompt frame."""
+    return np.asarray(coords, dtype=np.float64) * _frame_scale(original_size, prompt_size)
 
 
 def from_prompt_frame(coords: np.ndarray, original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
     """Inverse of :func:`to_prompt_frame`."""
-    old_h, old_w = original_size
-    new_h, new_w = resized_shape(old_h, old_w, prompt_size)
-    out = np.array(coords, dtype=np.float64, copy=True)
-    out[..., 0] *= old_w / new_w
-    out[..., 1] *= old_h / new_h
-    return out
+    return np.asarray(coords, dtype=np.float64) / _frame_scale(original_size, prompt_size)
 
 
 def postprocess_masks(

@@ -15,19 +15,24 @@ from tests.conftest import randomize_, test_image
 from tests.reference_models import reference_efficientvit, reference_mobilesam
 
 
+def paired_predictors(name, reference, predictor_cls, image, seed):
+    """Our predictor and the authors' on the same random weights, both with ``image`` set."""
+    ref = randomize_(reference, seed=seed).eval()
+    ours = swiftsam.build(name)
+    load_checkpoint(ours, swiftsam.get_entry(name), ref.state_dict(), "reference")
+    p_ours, p_ref = Predictor(ours), predictor_cls(ref)
+    p_ours.set_image(image)
+    p_ref.set_image(image)
+    return p_ours, p_ref
+
+
 @pytest.fixture(scope="module")
 def pair():
     """Our MobileSAM predictor and the authors' SamPredictor on the same random weights and image."""
     from mobile_sam import SamPredictor
 
-    ref = randomize_(reference_mobilesam(), seed=5).eval()
-    ours = swiftsam.build("mobilesam")
-    load_checkpoint(ours, swiftsam.get_entry("mobilesam"), ref.state_dict(), "reference")
     image = test_image(300, 420, seed=1)
-    p_ours, p_ref = Predictor(ours), SamPredictor(ref)
-    p_ours.set_image(image)
-    p_ref.set_image(image)
-    return p_ours, p_ref, image
+    return (*paired_predictors("mobilesam", reference_mobilesam(), SamPredictor, image, 5), image)
 
 
 PROMPTS = [
@@ -63,13 +68,9 @@ def test_matches_reference_predictor(pair, prompt, multimask):
 def test_efficientvit_predictor_matches_reference():
     from efficientsam.models.efficientvit.sam import EfficientViTSamPredictor
 
-    ref = randomize_(reference_efficientvit("l0"), seed=6).eval()
-    ours = swiftsam.build("efficientvit-sam-l0")
-    load_checkpoint(ours, swiftsam.get_entry("efficientvit-sam-l0"), ref.state_dict(), "reference")
     image = test_image(300, 440, seed=2)
-    p_ours, p_ref = Predictor(ours), EfficientViTSamPredictor(ref)
-    p_ours.set_image(image)
-    p_ref.set_image(image)
+    p_ours, p_ref = paired_predictors("efficientvit-sam-l0", reference_efficientvit("l0"), EfficientViTSamPredictor,
+                                      image, 6)
     for prompt in PROMPTS[:3]:
         m1, s1, l1 = p_ours.predict(**prompt)
         m2, s2, l2 = p_ref.predict(**prompt)

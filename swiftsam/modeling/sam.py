@@ -43,6 +43,8 @@ class Sam(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.spec = spec
+        self.zoo_name: str | None = None  # set by swiftsam.build / swiftsam.load
+        self.multimask_only = False  # True when the single-mask output token was never trained (TinySAM)
         self.register_buffer("pixel_mean", torch.tensor(spec.pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.pixel_std).view(-1, 1, 1), persistent=False)
 
