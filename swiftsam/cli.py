@@ -6,12 +6,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .api import DEFAULT_MODEL, load
+from .engines import engine_names
 from .errors import InputError, SwiftSamError
+from .export.onnx import OPSET, export_onnx
 from .image_io import load_image
 from .predictor import Predictor
 from .utils import atomic_path
@@ -69,7 +72,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if len(boxes) > 1 and points:
         raise InputError("with several --box prompts each box is one object; --point can only go with a single box.")
     image = load_image(args.image)
-    predictor = Predictor(load(args.model, checkpoint=args.checkpoint))
+    predictor = Predictor(load(args.model, checkpoint=args.checkpoint), engine=args.engine, **engine_options(args))
     predictor.set_image(image)
     coords = np.array([p[:2] for p in points]) if points else None
     labels = np.array([p[2] for p in points]) if points else None
@@ -104,6 +107,58 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def engine_options(args: argparse.Namespace) -> dict:
+    """--dtype / --threads / --onnx-dir, for the engines that take them."""
+    options = {}
+    if args.dtype != "fp32":
+        if args.engine not in ("torch", "auto"):
+            raise InputError(f"--dtype {args.dtype} is a torch engine option; use --engine torch.")
+        args.engine = "torch"
+        options["dtype"] = args.dtype
+    if args.threads is not None:
+        if args.engine != "onnxruntime":
+            raise InputError("--threads is an onnxruntime option; use --engine onnxruntime.")
+        options["threads"] = args.threads
+    if args.onnx_dir is not None:
+        if args.engine not in ("onnxruntime", "tensorrt"):
+            raise InputError("--onnx-dir is for --engine onnxruntime or tensorrt.")
+        options["onnx_dir"] = args.onnx_dir
+    return options
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="auto", choices=engine_names(),
+                   help="what runs the model (default auto: the fastest measured for it here)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="torch engine encoder precision")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--onnx-dir", help="graphs written by `swiftsam export` instead of exporting on first use")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.precision != "fp32" and args.format == "onnx":
+        raise InputError("ONNX graphs are exported in fp32; reduced precision is chosen when an engine is built "
+                         "(--format tensorrt --precision fp16).")
+    if args.format == "tensorrt":
+        from .engines.tensorrt_engine import _trt
+
+        _trt()  # a clear error before any work when TensorRT or the GPU is missing
+    model = load(args.model, checkpoint=args.checkpoint)
+    manifest = export_onnx(model, args.out, args.parts.split(","), opset=args.opset,
+                           sam_single_mask=args.sam_single_mask)
+    for part, info in manifest["files"].items():
+        print(f"{part:12s} {Path(args.out) / info['file']}  ({', '.join(info['inputs'])} -> {', '.join(info['outputs'])})")
+    if args.format == "tensorrt":
+        import shutil
+
+        from .engines.tensorrt_engine import TensorRTEngine
+
+        engine = TensorRTEngine(model.to("cuda"), precision=args.precision, onnx_dir=args.out)
+        for part, path in engine.paths.items():
+            shutil.copy2(path, Path(args.out) / f"{part}.{args.precision}.engine")
+            print(f"{part:12s} {Path(args.out) / f'{part}.{args.precision}.engine'}  (TensorRT {args.precision})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swiftsam", description="Fast Segment Anything models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,7 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="label PNG: 0 background, object k = k (255 for one object)")
     s.add_argument("--overlay", help="also write the image with masks and prompts drawn over it")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_engine_arguments(s)
     s.set_defaults(fn=cmd_segment)
+
+    e = sub.add_parser("export", help="export a model to ONNX graphs (or TensorRT engines)")
+    e.add_argument("model")
+    e.add_argument("--checkpoint", help="local checkpoint instead of the official download")
+    e.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
+    e.add_argument("--out", required=True, help="output folder (graphs + manifest.json)")
+    e.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="TensorRT engine precision")
+    e.add_argument("--parts", default="encoder,decoder,sam_decoder",
+                   help="comma-separated: encoder, decoder (batched), sam_decoder (SAM's ONNX interface)")
+    e.add_argument("--opset", type=int, default=OPSET)
+    e.add_argument("--sam-single-mask", action="store_true",
+                   help="sam_decoder returns one mask, chosen as SAM's return_single_mask export does")
+    e.set_defaults(fn=cmd_export)
     return p
 
 

@@ -22,3 +22,7 @@ class CheckpointError(SwiftSamError):
 
 class DownloadError(SwiftSamError):
     """A checkpoint that could not be downloaded or failed verification."""
+
+
+class EngineError(SwiftSamError):
+    """An engine that cannot run here (not installed, no GPU) or an export that failed its checks."""

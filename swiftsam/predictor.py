@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .engines import Engine, get_engine
 from .errors import InputError
 from .image_io import ImageLike, load_image
+from .modeling.prompt_decoder import flatten_prompts
 from .modeling.sam import Sam
 from .prompts import check_boxes, check_mask_input, check_points
 from .transforms import postprocess_masks, resized_shape, to_prompt_frame
@@ -24,7 +26,9 @@ EMBEDDING_FORMAT = "swiftsam-embedding/1"
 
 class Predictor:
     def __init__(self, model: Sam | str, checkpoint: str | os.PathLike[str] | None = None,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, engine: str | Engine = "auto", **engine_options) -> None:
+        """``engine``: auto | torch | onnxruntime | tensorrt (see ``swiftsam.engines``); ``engine_options``
+        go to it, e.g. ``dtype="bf16"`` for torch or ``threads=2`` for onnxruntime."""
         if isinstance(model, str):
             from .api import load
 
@@ -32,6 +36,7 @@ class Predictor:
         elif device is not None:
             model = model.to(device)
         self.model = model.eval()
+        self.engine = get_engine(engine, self.model, **engine_options)
         self.reset_image()
 
     # ------------------------------------------------------------------ image
@@ -42,7 +47,8 @@ class Predictor:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        """Where embeddings and decoder outputs live (the engine's device)."""
+        return self.engine.device
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -59,7 +65,7 @@ class Predictor:
         if image_format == "BGR":
             array = np.ascontiguousarray(array[..., ::-1])
         x, _ = self.model.preprocess(array)
-        self.set_image_embedding(self.model.encode(x), array.shape[:2])
+        self.set_image_embedding(self.engine.encode(x), array.shape[:2])
 
     def get_image_embedding(self) -> torch.Tensor:
         self._require_image()
@@ -187,13 +193,25 @@ class Predictor:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prompts already in the prompt frame, as tensors (as SamPredictor.predict_torch)."""
         self._require_image()
-        points = (point_coords, point_labels) if point_coords is not None else None
-        pick_best = not multimask_output and self.model.multimask_only
-        low, scores = self.model.decode(self.features, points, boxes, mask_input, multimask_output or pick_best)
-        if pick_best:  # the single-mask token was never trained: keep the best of the three
-            best = scores.argmax(dim=1, keepdim=True)
+        sizes = [t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None]
+        if not sizes:
+            raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
+        batch, dev = sizes[0], self.device
+        coords, labels = flatten_prompts(point_coords, point_labels, boxes, batch, dev)
+        if mask_input is None:
+            mask = torch.zeros((batch, 1, *self.model.prompt_encoder.mask_input_size), device=dev)
+            has_mask = torch.zeros(batch, device=dev)
+        else:
+            mask, has_mask = mask_input.to(dev, torch.float32), torch.ones(batch, device=dev)
+        low, scores = self.engine.decode(self.features, coords, labels, mask, has_mask)
+        if multimask_output:
+            low, scores = low[:, 1:], scores[:, 1:]
+        elif self.model.multimask_only:  # the single-mask token was never trained: keep the best of the three
+            best = scores[:, 1:].argmax(dim=1, keepdim=True) + 1
             low = low.gather(1, best[..., None, None].expand(-1, -1, *low.shape[-2:]))
             scores = scores.gather(1, best)
+        else:
+            low, scores = low[:, :1], scores[:, :1]
         masks = postprocess_masks(low, self.original_size, self.model.spec.prompt_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold

@@ -130,6 +130,17 @@ def _deterministic():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session")
+def _session_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("swiftsam-home")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(_session_home, monkeypatch):
+    """Tests never touch the user's cache: exported graphs and checkpoints go to a session folder."""
+    monkeypatch.setenv("SWIFTSAM_HOME", str(_session_home))
+
+
 @pytest.fixture
 def swiftsam_home(tmp_path, monkeypatch):
     """An empty checkpoint cache for the test."""

@@ -85,3 +85,42 @@ def test_models_and_download_commands(swiftsam_home):
     assert any(line.startswith("efficientvit-sam-l0") and " 512 " in line for line in lines)
     failed = subprocess.run([sys.executable, "-m", "swiftsam", "download", "nanosam-r18"], capture_output=True, text=True)
     assert failed.returncode == 2 and "no official PyTorch checkpoint" in failed.stderr
+
+
+def test_export_then_segment_with_each_engine(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "onnx"
+    assert main(["export", "mobilesam", "--checkpoint", str(checkpoint), "--out", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert {"encoder.onnx", "decoder.onnx", "sam_decoder.onnx", "manifest.json"} <= {p.name for p in folder.iterdir()}
+    assert "orig_im_size" in printed
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model"] == "mobilesam" and manifest["opset"] >= 17
+    labels = {}
+    for engine in (["--engine", "torch"], ["--engine", "onnxruntime", "--onnx-dir", str(folder), "--threads", "1"]):
+        out = tmp_path / f"{engine[1]}.png"
+        assert main(["segment", str(ASSET), "--checkpoint", str(checkpoint), "--box", "275,15,410,409",
+                     "--out", str(out), *engine]) == 0
+        labels[engine[1]] = np.asarray(Image.open(out)) > 0
+    a, b = labels["torch"], labels["onnxruntime"]
+    assert np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()) >= 0.99
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["export", "mobilesam", "--format", "tensorrt", "--out", "o"], "needs NVIDIA TensorRT"),
+        (["export", "mobilesam", "--precision", "fp16", "--out", "o"], "ONNX graphs are exported in fp32"),
+        (["export", "mobilesam", "--parts", "encoder,head", "--out", "o"], "unknown export part(s) ['head']"),
+        (["export", "mobilesam", "--opset", "13", "--out", "o"], "opset must be >= 17"),
+        (["segment", str(ASSET), "--box", "1,1,9,9", "--engine", "onnxruntime", "--dtype", "bf16", "--out", "x.png"],
+         "--dtype bf16 is a torch engine option"),
+        (["segment", str(ASSET), "--box", "1,1,9,9", "--engine", "tensorrt", "--out", "x.png"], "needs NVIDIA TensorRT"),
+        (["segment", str(ASSET), "--box", "1,1,9,9", "--engine", "onnxruntime", "--onnx-dir", "nowhere", "--out", "x.png"],
+         "missing or unreadable"),
+    ],
+)
+def test_export_and_engine_errors_are_clear(checkpoint, args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args[:2] + ["--checkpoint", str(checkpoint)] + args[2:]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "o" / "encoder.onnx").exists()

@@ -69,9 +69,8 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(n_prompts, -1, -1), sparse_prompt_embeddings], dim=1)
 
-        if image_embeddings.shape[0] != n_prompts:
-            image_embeddings = image_embeddings.expand(n_prompts, -1, -1, -1)
-        src = image_embeddings + dense_prompt_embeddings
+        # expand, never repeat: a view in PyTorch, an Expand (not a Tile) in exported graphs
+        src = image_embeddings.expand(n_prompts, -1, -1, -1) + dense_prompt_embeddings
         pos_src = image_pe.expand(n_prompts, -1, -1, -1)
         b, c, h, w = src.shape
 

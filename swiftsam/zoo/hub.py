@@ -22,9 +22,13 @@ from .registry import ModelEntry, Weights
 CHUNK = 1 << 20
 
 
+def swiftsam_home() -> Path:
+    """``$SWIFTSAM_HOME``, default ``~/.cache/swiftsam``: checkpoints, exported graphs, built engines."""
+    return Path(os.environ.get("SWIFTSAM_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "swiftsam"))
+
+
 def cache_dir() -> Path:
-    home = os.environ.get("SWIFTSAM_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "swiftsam")
-    return Path(home) / "checkpoints"
+    return swiftsam_home() / "checkpoints"
 
 
 def cached_path(weights: Weights) -> Path:

@@ -1,0 +1,105 @@
+"""ONNX Runtime engine: our exported graphs on the CPU, CUDA or TensorRT execution provider."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import EngineError
+from ..export.onnx import cached_export, read_manifest
+from ..modeling.sam import Sam
+from ..zoo.hub import swiftsam_home
+from .base import Engine
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise EngineError(
+            "the onnxruntime engine needs onnxruntime: pip install 'swiftsam[onnx]' "
+            "(or onnxruntime-gpu for the CUDA and TensorRT providers)."
+        ) from None
+    return onnxruntime
+
+
+def onnx_cache_dir() -> Path:
+    return swiftsam_home() / "onnx"
+
+
+class OrtEngine(Engine):
+    """Runs ``encoder.onnx`` and ``decoder.onnx``: exported from ``model`` on first use (cached under
+    ``$SWIFTSAM_HOME/onnx`` by weights fingerprint), or taken from ``onnx_dir`` (``swiftsam export``).
+
+    ``provider``: cpu (default), cuda or tensorrt, when the installed onnxruntime has it.
+    ``threads``: intra-op threads (default: onnxruntime's choice, one per physical core).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model: Sam,
+        provider: str = "cpu",
+        threads: int | None = None,
+        onnx_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(model)
+        ort = _ort()
+        if provider not in PROVIDERS:
+            raise EngineError(f"provider must be one of {sorted(PROVIDERS)}, got {provider!r}.")
+        available = ort.get_available_providers()
+        if PROVIDERS[provider] not in available:
+            raise EngineError(
+                f"this onnxruntime has no {PROVIDERS[provider]} (it has {', '.join(available)}); "
+                "install onnxruntime-gpu for cuda / tensorrt, or use provider='cpu'."
+            )
+        if threads is not None and threads < 1:
+            raise EngineError(f"threads must be >= 1, got {threads}.")
+        self.provider = provider
+        self.threads = threads
+        if onnx_dir is None:
+            folder = cached_export(model, onnx_cache_dir(), ("encoder", "decoder"))
+        else:
+            folder = Path(onnx_dir)
+            manifest = read_manifest(folder)
+            if model.zoo_name and manifest.get("model") and manifest["model"] != model.zoo_name:
+                raise EngineError(f"{folder} holds an export of {manifest['model']}, not {model.zoo_name}.")
+            missing = [p for p in ("encoder", "decoder") if p not in manifest.get("files", {})]
+            if missing:
+                raise EngineError(f"{folder} has no {' / '.join(missing)} graph; export it with swiftsam export.")
+        self.folder = folder
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        providers = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
+        self._encoder = ort.InferenceSession(str(folder / "encoder.onnx"), options, providers=providers)
+        self._decoder = ort.InferenceSession(str(folder / "decoder.onnx"), options, providers=providers)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.detach().to("cpu", torch.float32).numpy()
+        (emb,) = self._encoder.run(["image_embeddings"], {"image": np.ascontiguousarray(x)})
+        return torch.from_numpy(emb)
+
+    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        feed = {
+            "image_embeddings": image_embeddings, "point_coords": point_coords, "point_labels": point_labels,
+            "mask_input": mask_input, "has_mask_input": has_mask_input,
+        }
+        feed = {k: np.ascontiguousarray(v.detach().to("cpu", torch.float32).numpy()) for k, v in feed.items()}
+        low, iou = self._decoder.run(["low_res_masks", "iou_predictions"], feed)
+        return torch.from_numpy(low), torch.from_numpy(iou)
+
+    def describe(self) -> str:
+        threads = f", {self.threads} threads" if self.threads else ""
+        return f"onnxruntime[{self.provider}{threads}]"

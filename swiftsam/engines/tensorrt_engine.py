@@ -1,0 +1,172 @@
+"""TensorRT engine: builds serialized engines from our ONNX graphs and runs them with the Python API.
+
+Engines are cached under ``$SWIFTSAM_HOME/tensorrt`` keyed by model, weights fingerprint, precision,
+GPU name, TensorRT version and profile limits, because an engine is only valid for the exact GPU and
+TensorRT build that made it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import EngineError
+from ..export.onnx import cached_export, read_manifest
+from ..modeling.sam import Sam
+from ..utils import atomic_path
+from ..zoo.hub import swiftsam_home
+from .base import Engine
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def _trt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise EngineError(
+            "the tensorrt engine needs NVIDIA TensorRT and a CUDA GPU: pip install tensorrt "
+            "(with a CUDA build of torch), or use engine='onnxruntime' / engine='torch'."
+        ) from None
+    if not torch.cuda.is_available():
+        raise EngineError("the tensorrt engine needs a CUDA GPU; none is visible to torch here.")
+    return tensorrt
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def _dims_to_torch(trt, dtype):
+    return {
+        trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+        trt.int64: torch.int64, trt.bool: torch.bool,
+    }[dtype]
+
+
+def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple[tuple, tuple, tuple]],
+                 precision: str, workspace_gb: float = 4.0) -> None:
+    """Parse ``onnx_path``, build with one optimisation profile (min/opt/max per input), save atomically."""
+    trt = _trt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is the only mode from TensorRT 10 on
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    opt_profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile.items():
+        opt_profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(opt_profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"TensorRT failed to build an engine from {onnx_path} (see the log above).")
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
+
+
+class _TrtRunner:
+    def __init__(self, trt, path: Path) -> None:
+        self.trt = trt
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise EngineError(f"{path} could not be loaded by this TensorRT; delete it to rebuild.")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = trt.TensorIOMode.INPUT
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
+
+    def __call__(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        keep = []
+        for name in self.inputs:
+            t = feed[name].contiguous().to(_dims_to_torch(self.trt, self.engine.get_tensor_dtype(name)))
+            keep.append(t)
+            self.context.set_input_shape(name, tuple(t.shape))
+            self.context.set_tensor_address(name, t.data_ptr())
+        out = {}
+        for name in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            out[name] = torch.empty(shape, dtype=_dims_to_torch(self.trt, self.engine.get_tensor_dtype(name)),
+                                    device="cuda")
+            self.context.set_tensor_address(name, out[name].data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise EngineError("TensorRT execution failed (see the log above).")
+        stream.synchronize()
+        return out
+
+
+class TensorRTEngine(Engine):
+    """Encoder and batched decoder as TensorRT engines (built on first use, then cached).
+
+    Profiles: encoder batch 1..``max_batch``; decoder 1..``max_prompts`` prompts of
+    1..``max_points`` points each (box corners and padding count as points).
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, model: Sam, precision: str = "fp16", max_batch: int = 4, max_prompts: int = 64,
+                 max_points: int = 16, onnx_dir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(model)
+        trt = _trt()
+        if precision not in PRECISIONS:
+            raise EngineError(f"precision must be one of {PRECISIONS} (int8 comes with quantization), got {precision!r}.")
+        if min(max_batch, max_prompts, max_points) < 1:
+            raise EngineError("max_batch, max_prompts and max_points must be >= 1.")
+        self.precision = precision
+        folder = Path(onnx_dir) if onnx_dir else cached_export(model, swiftsam_home() / "onnx", ("encoder", "decoder"))
+        manifest = read_manifest(folder)
+        gpu = _slug(torch.cuda.get_device_name())
+        key = (f"{model.zoo_name or 'model'}-{manifest['fingerprint']}-{precision}-{gpu}-trt{trt.__version__}"
+               f"-b{max_batch}-p{max_prompts}x{max_points}")
+        root = swiftsam_home() / "tensorrt"
+        s = model.spec.input_size
+        profiles = {
+            "encoder": {"image": ((1, 3, s, s), (1, 3, s, s), (max_batch, 3, s, s))},
+            "decoder": {
+                "image_embeddings": ((1, 256, 64, 64), (1, 256, 64, 64), (max_prompts, 256, 64, 64)),
+                "point_coords": ((1, 1, 2), (1, 2, 2), (max_prompts, max_points, 2)),
+                "point_labels": ((1, 1), (1, 2), (max_prompts, max_points)),
+                "mask_input": ((1, 1, 256, 256), (1, 1, 256, 256), (max_prompts, 1, 256, 256)),
+                "has_mask_input": ((1,), (1,), (max_prompts,)),
+            },
+        }
+        self.paths = {}
+        for part, profile in profiles.items():
+            path = root / f"{key}-{part}.engine"
+            if not path.exists():
+                build_engine(folder / f"{part}.onnx", path, profile, precision)
+            self.paths[part] = path
+        self._encoder = _TrtRunner(trt, self.paths["encoder"])
+        self._decoder = _TrtRunner(trt, self.paths["decoder"])
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda")
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        return self._encoder({"image": image.to("cuda", torch.float32)})["image_embeddings"].float()
+
+    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        feed = {
+            "image_embeddings": image_embeddings, "point_coords": point_coords, "point_labels": point_labels,
+            "mask_input": mask_input, "has_mask_input": has_mask_input,
+        }
+        out = self._decoder({k: v.to("cuda", torch.float32) for k, v in feed.items()})
+        return out["low_res_masks"].float(), out["iou_predictions"].float()
+
+    def describe(self) -> str:
+        return f"tensorrt[{self.precision}]"

@@ -1,0 +1,119 @@
+"""PyTorch engine: eager, reduced precision, channels_last, torch.compile and CUDA graphs."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..errors import EngineError
+from ..modeling.prompt_decoder import PromptDecoder
+from ..modeling.sam import Sam
+from .base import Engine
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class TorchEngine(Engine):
+    """The model's own modules.
+
+    ``dtype`` (fp32 | fp16 | bf16) applies to the image encoder through autocast; the prompt
+    decoder stays in fp32 (prompt coordinates lose whole pixels in 16-bit, and it is cheap).
+    ``compile`` wraps the encoder in ``torch.compile`` (default mode with weight freezing, or
+    ``compile_mode``; the first call compiles, which takes tens of seconds); ``cuda_graphs``
+    captures the encoder for a fixed batch of 1 on a CUDA device and replays it.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: Sam,
+        dtype: str = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: str | None = None,
+        cuda_graphs: bool = False,
+    ) -> None:
+        super().__init__(model)
+        if dtype not in DTYPES:
+            raise EngineError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise EngineError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}.")
+        if cuda_graphs and model.device.type != "cuda":
+            raise EngineError("cuda_graphs needs the model on a CUDA device (device='cuda').")
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.compiled = compile
+        self.compile_mode = compile_mode
+        self.cuda_graphs = cuda_graphs
+        encoder = model.image_encoder
+        if channels_last:
+            encoder = encoder.to(memory_format=torch.channels_last)
+        self._encoder = encoder
+        if compile:
+            if compile_mode in (None, "default"):
+                # inference-only: fold weights and batch norms into the compiled graph
+                self._encoder = torch.compile(encoder, options={"freezing": True})
+            else:
+                self._encoder = torch.compile(encoder, mode=compile_mode)
+        self._decoder = PromptDecoder(model)
+        self._graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _autocast(self):
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
+
+    def _run_encoder(self, image: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self._encoder(image).float()
+
+    @torch.inference_mode()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        image = image.to(self.device, torch.float32)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        if self.cuda_graphs and image.shape[0] == 1:
+            return self._replay(image)
+        return self._run_encoder(image)
+
+    def _replay(self, image: torch.Tensor) -> torch.Tensor:
+        if self._graph is None:
+            static_in = image.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up outside the graph, as CUDA graph capture requires
+                    self._run_encoder(static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._run_encoder(static_in)
+            self._graph = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graph
+        static_in.copy_(image)
+        graph.replay()
+        return static_out.clone()
+
+    @torch.inference_mode()
+    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        dev = self.device
+        low, iou = self._decoder(
+            image_embeddings.to(dev, torch.float32), point_coords.to(dev, torch.float32),
+            point_labels.to(dev, torch.float32), mask_input.to(dev, torch.float32), has_mask_input.to(dev, torch.float32),
+        )
+        return low, iou
+
+    def describe(self) -> str:
+        extras = [self.dtype] + (["channels_last"] if self.channels_last else [])
+        if self.compiled:
+            extras.append(f"compile({self.compile_mode or 'default'})")
+        if self.cuda_graphs:
+            extras.append("cuda_graphs")
+        return f"torch[{', '.join(extras)}] on {self.device}"

@@ -1,0 +1,83 @@
+"""The decoder every engine runs: SAM's flat prompt format in, all mask tokens out.
+
+Prompts are one list of labelled points per prompt, as in SAM's published ONNX interface:
+label 1 = foreground click, 0 = background click, 2 / 3 = a box's top-left / bottom-right
+corner, -1 = padding ("not a point"). Written for export: no branch depends on the data, no
+OneHot, no Tile, so the same module runs eagerly, in ONNX Runtime and in TensorRT.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .sam import Sam
+
+PAD_LABEL = -1
+BOX_LABELS = (2, 3)
+
+
+class PromptDecoder(nn.Module):
+    """(image embeddings, flat prompts, mask prompt) -> low-res logits B x 4 x 256 x 256, IoU B x 4.
+
+    Output token 0 is the single-mask output, 1..3 the multimask outputs.
+    """
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+
+    def embed_flat_points(self, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        emb = pe.pe_layer.forward_with_coords(point_coords + 0.5, pe.input_image_size)
+        labels = point_labels[..., None]
+        emb = torch.where(labels == PAD_LABEL, pe.not_a_point_embed.weight, emb)
+        for i, kind in enumerate(pe.point_embeddings):  # 0 bg, 1 fg, 2 top-left, 3 bottom-right
+            emb = emb + (labels == i) * kind.weight
+        return emb
+
+    def embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        has = has_mask_input.reshape(-1, 1, 1, 1)
+        return has * pe.mask_downscaling(mask_input) + (1 - has) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embeddings 1 (or B) x 256 x 64 x 64; point_coords B x N x 2 in the prompt frame;
+        point_labels B x N; mask_input B x 1 x 256 x 256; has_mask_input B (1.0 or 0.0)."""
+        sparse = self.embed_flat_points(point_coords, point_labels)
+        dense = self.embed_mask(mask_input, has_mask_input)
+        return self.mask_decoder.predict_all(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+
+
+def flatten_prompts(
+    point_coords: torch.Tensor | None,
+    point_labels: torch.Tensor | None,
+    boxes: torch.Tensor | None,
+    batch: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points (B x N x 2, B x N) and boxes (B x 4), prompt frame -> SAM's flat format.
+
+    As SAM's prompt encoder: points come first, then the two box corners; a prompt with
+    points but no box gets one padding point.
+    """
+    coords = [torch.zeros((batch, 0, 2), device=device)]
+    labels = [torch.zeros((batch, 0), device=device)]
+    if point_coords is not None:
+        coords.append(point_coords.to(device, torch.float32))
+        labels.append(point_labels.to(device, torch.float32))
+        if boxes is None:
+            coords.append(torch.zeros((batch, 1, 2), device=device))
+            labels.append(torch.full((batch, 1), float(PAD_LABEL), device=device))
+    if boxes is not None:
+        coords.append(boxes.to(device, torch.float32).reshape(batch, 2, 2))
+        labels.append(torch.tensor([BOX_LABELS], dtype=torch.float32, device=device).expand(batch, 2))
+    return torch.cat(coords, dim=1), torch.cat(labels, dim=1)
