@@ -159,6 +159,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_coco(args: argparse.Namespace) -> int:
+    from .eval import BASELINES, CocoImages, OracleSegmenter, PredictorSegmenter, evaluate_coco, format_summary
+    from .eval.coco import load_detections
+
+    dataset = CocoImages(args.images, args.annotations)
+    detections = load_detections(args.detections, dataset) if args.detections else None
+    if args.baseline and (args.checkpoint or args.model):
+        raise InputError("--baseline replaces the model: drop --model / --checkpoint.")
+    if args.baseline == "oracle":
+        segmenter, name, settings = OracleSegmenter(dataset), "oracle", {}
+    elif args.baseline:
+        segmenter, name, settings = BASELINES[args.baseline](), args.baseline, {}
+    else:
+        name = args.model or DEFAULT_MODEL
+        predictor = Predictor(load(name, checkpoint=args.checkpoint), engine=args.engine, **engine_options(args))
+        segmenter = PredictorSegmenter(predictor)
+        settings = {"checkpoint": str(args.checkpoint) if args.checkpoint else None, "engine": predictor.engine.describe()}
+    out = args.out or f"out/eval/{name}-{args.protocol}"
+    summary = evaluate_coco(
+        dataset, segmenter, out, args.protocol, variant=args.variant, clicks=args.clicks, detections=detections,
+        limit=args.limit, model_name=name, settings=settings, overwrite=args.overwrite,
+    )
+    if summary is not None:  # rank 0
+        print(format_summary(summary))
+        print(f"wrote {Path(out) / 'summary.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swiftsam", description="Fast Segment Anything models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -196,6 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sam-single-mask", action="store_true",
                    help="sam_decoder returns one mask, chosen as SAM's return_single_mask export does")
     e.set_defaults(fn=cmd_export)
+
+    ev = sub.add_parser("eval", help="accuracy protocols").add_subparsers(dest="dataset", required=True)
+    c = ev.add_parser("coco", help="COCO-format instance annotations: box, point or detections protocol")
+    c.add_argument("--images", required=True, help="image folder (e.g. val2017)")
+    c.add_argument("--annotations", required=True, help="instances JSON")
+    c.add_argument("--model", help=f"zoo model (default {DEFAULT_MODEL})")
+    c.add_argument("--checkpoint", help="local checkpoint instead of the official download")
+    c.add_argument("--baseline", choices=["box-fill", "grabcut", "oracle"], help="a baseline instead of a model")
+    c.add_argument("--protocol", choices=["box", "point", "detections"], default="box")
+    c.add_argument("--variant", choices=["nanosam", "efficientvit"], default="nanosam",
+                   help="box protocol: nanosam = best of all 4 outputs, every annotation; efficientvit = best of "
+                        "the 3 multimask outputs, annotations with area >= 1")
+    c.add_argument("--clicks", type=int, default=1, help="point protocol: clicks per object (mIoU after each)")
+    c.add_argument("--detections", help="detections protocol: COCO results JSON of a detector")
+    c.add_argument("--limit", type=int, help="only the first N images (by id)")
+    c.add_argument("--out", help="results folder (default out/eval/MODEL-PROTOCOL); an interrupted run resumes")
+    c.add_argument("--overwrite", action="store_true", help="discard earlier results in --out")
+    add_engine_arguments(c)
+    c.set_defaults(fn=cmd_eval_coco)
     return p
 
 

@@ -217,6 +217,60 @@ class Predictor:
             masks = masks > self.model.mask_threshold
         return masks, scores, low
 
+    @torch.inference_mode()
+    def predict_best(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        candidates: str = "multimask",
+        chunk: int = 32,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For each of B prompts the one mask the model rates best: masks (B, H, W) bool, scores (B,).
+
+        ``candidates``: "multimask" (best of the 3 multimask outputs), "all" (best of all 4 outputs,
+        the single-mask one included) or "single". Only the chosen masks are upsampled, ``chunk``
+        prompts at a time, so many prompts on a large image stay within memory.
+        """
+        if candidates not in ("multimask", "all", "single"):
+            raise InputError(f"candidates must be 'multimask', 'all' or 'single', got {candidates!r}.")
+        self._require_image()
+        ps = self.model.spec.prompt_size
+        coords_t = labels_t = boxes_t = None
+        if point_coords is not None:
+            c, lab = check_points(point_coords, point_labels, self.original_size, batched=True)
+            coords_t = torch.as_tensor(to_prompt_frame(c, self.original_size, ps), dtype=torch.float32)
+            labels_t = torch.as_tensor(lab, dtype=torch.float32)
+        if boxes is not None:
+            b = check_boxes(boxes, self.original_size, batched=True)
+            b = to_prompt_frame(b.reshape(-1, 2, 2), self.original_size, ps).reshape(-1, 4)
+            boxes_t = torch.as_tensor(b, dtype=torch.float32)
+        sizes = {t.shape[0] for t in (coords_t, boxes_t) if t is not None}
+        if not sizes or 0 in sizes:
+            raise InputError("predict_best needs points or boxes (at least one prompt).")
+        if len(sizes) > 1:
+            raise InputError(f"points and boxes give different numbers of prompts: {sorted(sizes)}.")
+        n = sizes.pop()
+        h, w = self.original_size
+        masks, scores = np.zeros((n, h, w), bool), np.zeros(n, np.float32)
+        first = {"multimask": 1, "all": 0, "single": 0}[candidates]
+        last = {"multimask": 4, "all": 4, "single": 1}[candidates]
+        for start in range(0, n, chunk):
+            sl = slice(start, min(n, start + chunk))
+            k, dev = sl.stop - sl.start, self.device
+            coords, labels = flatten_prompts(
+                None if coords_t is None else coords_t[sl], None if labels_t is None else labels_t[sl],
+                None if boxes_t is None else boxes_t[sl], k, dev)
+            mask_in = torch.zeros((k, 1, *self.model.prompt_encoder.mask_input_size), device=dev)
+            low, iou = self.engine.decode(self.features, coords, labels, mask_in, torch.zeros(k, device=dev))
+            best = iou[:, first:last].argmax(dim=1) + first
+            rows = torch.arange(k, device=best.device)
+            chosen = low[rows, best][:, None]
+            up = postprocess_masks(chosen, self.original_size, ps)[:, 0] > self.model.mask_threshold
+            masks[sl] = up.cpu().numpy()
+            scores[sl] = iou[rows, best].float().cpu().numpy()
+        return masks, scores
+
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise InputError("no image set: call set_image(...) (or load_embedding) before predicting.")

@@ -1,0 +1,69 @@
+"""A COCO-format dataset checked against its image folder: nothing missing goes unnoticed."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def _pycocotools():
+    try:
+        from pycocotools import mask as mask_utils
+        from pycocotools.coco import COCO
+    except ImportError:
+        raise InputError("evaluation needs pycocotools: pip install 'swiftsam[eval]'.") from None
+    return COCO, mask_utils
+
+
+class CocoImages:
+    """Images and instance annotations of a COCO annotation file, read from ``images_dir``."""
+
+    def __init__(self, images_dir: str | os.PathLike[str], annotations: str | os.PathLike[str]) -> None:
+        COCO, self.mask_utils = _pycocotools()
+        self.images_dir = Path(images_dir)
+        ann_path = Path(annotations)
+        if not ann_path.is_file():
+            raise InputError(f"annotation file not found: {ann_path}")
+        if not self.images_dir.is_dir():
+            raise InputError(f"image folder not found: {self.images_dir}")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                self.coco = COCO(str(ann_path))
+        except Exception as e:
+            raise InputError(f"{ann_path} is not a COCO annotation file ({type(e).__name__}: {e}).") from None
+        if "annotations" not in self.coco.dataset or "images" not in self.coco.dataset:
+            raise InputError(f"{ann_path} has no 'images' / 'annotations': not a COCO instances file.")
+        self.image_ids = sorted(self.coco.getImgIds())
+        missing = [self.coco.imgs[i]["file_name"] for i in self.image_ids if not self.path(i).is_file()]
+        if missing and len(missing) == len(self.image_ids):
+            raise InputError(
+                f"none of the {len(missing)} images of {ann_path.name} are in {self.images_dir} "
+                f"(e.g. {missing[0]}): the annotation file and the image folder do not match."
+            )
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise InputError(f"{len(missing)} images of {ann_path.name} are missing from {self.images_dir}: {shown}")
+
+    def path(self, image_id: int) -> Path:
+        return self.images_dir / self.coco.imgs[image_id]["file_name"]
+
+    def size(self, image_id: int) -> tuple[int, int]:
+        info = self.coco.imgs[image_id]
+        return int(info["height"]), int(info["width"])
+
+    def annotations(self, image_id: int) -> list[dict]:
+        return self.coco.loadAnns(self.coco.getAnnIds(imgIds=[image_id], iscrowd=None))
+
+    def gt_mask(self, ann: dict) -> np.ndarray:
+        return self.coco.annToMask(ann).astype(bool)
+
+    def encode(self, mask: np.ndarray) -> dict:
+        rle = self.mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        return rle

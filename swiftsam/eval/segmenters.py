@@ -1,0 +1,118 @@
+"""What an evaluation runs: a swiftsam Predictor, or a baseline with the same two methods.
+
+``set_image(image, image_id)`` then ``boxes(xyxy (K, 4), candidates)`` or ``clicks(points (K, N, 2),
+labels (K, N), candidates)``, each returning masks (K, H, W) bool and scores (K,).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import InputError
+from ..predictor import Predictor
+
+
+class PredictorSegmenter:
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.name = predictor.model.zoo_name or "model"
+
+    def set_image(self, image: np.ndarray, image_id: int) -> None:
+        self.predictor.set_image(image)
+
+    def boxes(self, boxes: np.ndarray, candidates: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.predictor.predict_best(boxes=boxes, candidates=candidates)
+
+    def clicks(self, points: np.ndarray, labels: np.ndarray, candidates: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.predictor.predict_best(point_coords=points, point_labels=labels, candidates=candidates)
+
+
+def box_fill(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels [floor(x0), ceil(x1)) x [floor(y0), ceil(y1)), clipped to the image."""
+    h, w = shape
+    x0, y0, x1, y1 = (float(v) for v in box)
+    mask = np.zeros((h, w), bool)
+    mask[max(0, math.floor(y0)) : min(h, math.ceil(y1)), max(0, math.floor(x0)) : min(w, math.ceil(x1))] = True
+    return mask
+
+
+class BoxFillSegmenter:
+    """Baseline: the box itself is the mask. Clicks are not a box prompt: it has no answer for them."""
+
+    name = "box-fill"
+
+    def set_image(self, image: np.ndarray, image_id: int) -> None:
+        self.shape = image.shape[:2]
+
+    def boxes(self, boxes, candidates):
+        return np.stack([box_fill(b, self.shape) for b in boxes]), np.ones(len(boxes), np.float32)
+
+    def clicks(self, points, labels, candidates):
+        raise InputError("the box-fill baseline only answers box prompts (--protocol box or detections).")
+
+
+class GrabCutSegmenter(BoxFillSegmenter):
+    """Baseline: OpenCV GrabCut initialised with the box (5 iterations); boxes under 2 px wide or high,
+    where GrabCut cannot model a background, fall back to the box itself."""
+
+    name = "grabcut"
+
+    def __init__(self, iterations: int = 5) -> None:
+        self.iterations = iterations
+
+    def set_image(self, image: np.ndarray, image_id: int) -> None:
+        self.bgr = np.ascontiguousarray(image[..., ::-1])
+        self.shape = image.shape[:2]
+
+    def boxes(self, boxes, candidates):
+        import cv2
+
+        h, w = self.shape
+        out = []
+        for b in boxes:
+            x0, y0 = max(0, math.floor(b[0])), max(0, math.floor(b[1]))
+            x1, y1 = min(w, math.ceil(b[2])), min(h, math.ceil(b[3]))
+            if x1 - x0 < 2 or y1 - y0 < 2 or (x1 - x0 >= w and y1 - y0 >= h):
+                out.append(box_fill(b, self.shape))
+                continue
+            mask = np.zeros((h, w), np.uint8)
+            bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+            cv2.setRNGSeed(0)
+            cv2.grabCut(self.bgr, mask, (x0, y0, x1 - x0, y1 - y0), bgd, fgd, self.iterations, cv2.GC_INIT_WITH_RECT)
+            out.append((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD))
+        return np.stack(out), np.ones(len(boxes), np.float32)
+
+
+class OracleSegmenter:
+    """The ground truth itself (for checking the protocols): a box returns the mask of the image's
+    annotation with that box; clicks return the mask of the annotation their first click lies in."""
+
+    name = "oracle"
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def set_image(self, image: np.ndarray, image_id: int) -> None:
+        self.anns = self.dataset.annotations(image_id)
+
+    def boxes(self, boxes, candidates):
+        masks = []
+        for b in boxes:
+            xyxy = [np.array([a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]])
+                    for a in self.anns]
+            k = int(np.argmin([np.abs(x - b).sum() for x in xyxy]))
+            masks.append(self.dataset.gt_mask(self.anns[k]))
+        return np.stack(masks), np.ones(len(boxes), np.float32)
+
+    def clicks(self, points, labels, candidates):
+        masks = []
+        for p in points:
+            x, y = int(p[0][0]), int(p[0][1])
+            inside = [a for a in self.anns if self.dataset.gt_mask(a)[y, x]]
+            masks.append(self.dataset.gt_mask(inside[0]) if inside else np.zeros(self.dataset.gt_mask(self.anns[0]).shape, bool))
+        return np.stack(masks), np.ones(len(points), np.float32)
+
+
+BASELINES = {"box-fill": BoxFillSegmenter, "grabcut": GrabCutSegmenter}
