@@ -3,6 +3,7 @@
 from .api import DEFAULT_MODEL, build, load
 from .errors import CheckpointError, DownloadError, InputError, ModelNotFoundError, SwiftSamError
 from .modeling import ImageSpec, Sam
+from .everything import MaskGenerator
 from .predictor import Predictor
 from .zoo import get_entry, list_models
 
@@ -14,6 +15,7 @@ __all__ = [
     "DownloadError",
     "ImageSpec",
     "InputError",
+    "MaskGenerator",
     "ModelNotFoundError",
     "Predictor",
     "Sam",

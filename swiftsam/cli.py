@@ -187,6 +187,35 @@ def cmd_eval_coco(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_everything(args: argparse.Namespace) -> int:
+    from .everything import MaskGenerator
+    from .everything.runner import list_images, load_box_prompts, run_everything
+
+    images = list_images(args.source)
+    boxes = None
+    if args.strategy == "boxes":
+        if not args.boxes:
+            raise InputError("--strategy boxes needs --boxes DETECTIONS.json (COCO results: image_id, bbox, score).")
+        boxes = load_box_prompts(args.boxes, images, args.annotations, args.box_score_thresh)
+    elif args.boxes:
+        raise InputError("--boxes is for --strategy boxes.")
+    predictor = Predictor(load(args.model, checkpoint=args.checkpoint), engine=args.engine, **engine_options(args))
+    params = dict(
+        points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh, crop_n_layers=args.crop_n_layers,
+        min_mask_region_area=args.min_mask_region_area, strategy=args.strategy,
+        high_score_thresh=args.high_score_thresh,
+    )
+    generator = MaskGenerator(predictor, output_mode="coco_rle", **params)
+    settings = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+                "engine": predictor.engine.describe(), "boxes": str(args.boxes) if args.boxes else None, **params}
+    summary = run_everything(generator, args.source, args.out, settings, boxes=boxes, overwrite=args.overwrite,
+                             on_image=lambda im, n: print(f"{im.name}: {n} masks") if len(images) == 1 else None)
+    print(f"{summary['done']} image(s) segmented, {summary['skipped']} already done; results in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swiftsam", description="Fast Segment Anything models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -224,6 +253,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sam-single-mask", action="store_true",
                    help="sam_decoder returns one mask, chosen as SAM's return_single_mask export does")
     e.set_defaults(fn=cmd_export)
+
+    a = sub.add_parser("everything", help="segment everything in an image or a folder (COCO-RLE JSON + overlay PNG)")
+    a.add_argument("source", help="an image or a folder of images")
+    a.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo model name (default {DEFAULT_MODEL})")
+    a.add_argument("--checkpoint", help="local checkpoint instead of the official download")
+    a.add_argument("--out", required=True, help="output folder; an interrupted folder run resumes")
+    a.add_argument("--strategy", choices=["grid", "hierarchical", "boxes"], default="grid",
+                   help="point grid (SAM), sparse-then-dense grid (TinySAM) or detector boxes (MobileSAMv2)")
+    a.add_argument("--points-per-side", type=int, default=32)
+    a.add_argument("--points-per-batch", type=int, default=64)
+    a.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    a.add_argument("--stability-score-thresh", type=float, default=0.95)
+    a.add_argument("--box-nms-thresh", type=float, default=0.7)
+    a.add_argument("--crop-n-layers", type=int, default=0)
+    a.add_argument("--min-mask-region-area", type=int, default=0, help="remove holes/islands smaller than this")
+    a.add_argument("--high-score-thresh", type=float, default=8.5, help="hierarchical: logit that marks covered pixels")
+    a.add_argument("--boxes", help="--strategy boxes: detector boxes as a COCO results JSON")
+    a.add_argument("--annotations", help="COCO JSON whose images[].file_name map files to the detections' image_id")
+    a.add_argument("--box-score-thresh", type=float, default=0.0, help="ignore detections scored below this")
+    a.add_argument("--overwrite", action="store_true", help="redo images already done in --out")
+    add_engine_arguments(a)
+    a.set_defaults(fn=cmd_everything)
 
     ev = sub.add_parser("eval", help="accuracy protocols").add_subparsers(dest="dataset", required=True)
     c = ev.add_parser("coco", help="COCO-format instance annotations: box, point or detections protocol")

@@ -10,6 +10,7 @@ import torch
 import swiftsam
 from swiftsam import Predictor
 from swiftsam.engines import CPU_FASTEST, OrtEngine, TorchEngine, auto_engine, get_engine
+from swiftsam.engines.optimize import count_foldable, fold_batch_norms
 from swiftsam.errors import EngineError
 from swiftsam.export.onnx import OPSET, banned_ops, check_graph, export_onnx, read_manifest
 from tests.conftest import randomize_, test_image
@@ -204,6 +205,36 @@ def test_torch_engine_options_stay_close_to_fp32():
     bf16 = TorchEngine(model, dtype="bf16").encode(x)
     assert bf16.dtype == torch.float32
     assert (bf16 - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+@pytest.mark.parametrize("name,kw", [("mobilesam", {}), ("efficientvit-sam-l0", {}), ("nanosam-r18", {"input_size": 256})])
+def test_folding_batch_norms_is_exact_and_leaves_the_model_alone(name, kw):
+    model = random_model(name, **kw)
+    encoder = model.image_encoder
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
+    assert count_foldable(encoder) == n_bn > 0  # every batch norm of these encoders follows a conv
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    folded = fold_batch_norms(encoder)
+    assert count_foldable(folded) == 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    s = model.spec.input_size
+    x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = encoder(x)
+        assert (folded(x) - ref).abs().max() < 1e-4 * max(1.0, float(ref.abs().max()))
+    engine = TorchEngine(model)
+    assert engine.folded_bn and "folded_bn" in engine.describe()
+    assert not TorchEngine(model, fold_bn=False).folded_bn
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norms(encoder.train())
+
+
+def test_folding_skips_what_it_cannot_fold():
+    vit = random_model("sam-vit-b", depth=1).image_encoder
+    assert count_foldable(vit) == 0 and fold_batch_norms(vit) is vit
+    lone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(), torch.nn.BatchNorm2d(4)).eval()
+    assert count_foldable(lone) == 0  # a batch norm after an activation is not a foldable pair
 
 
 def test_engine_choice_and_errors(monkeypatch):

@@ -10,6 +10,7 @@ from ..errors import EngineError
 from ..modeling.prompt_decoder import PromptDecoder
 from ..modeling.sam import Sam
 from .base import Engine
+from .optimize import count_foldable, fold_batch_norms
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -22,7 +23,10 @@ class TorchEngine(Engine):
     decoder stays in fp32 (prompt coordinates lose whole pixels in 16-bit, and it is cheap).
     ``compile`` wraps the encoder in ``torch.compile`` (default mode with weight freezing, or
     ``compile_mode``; the first call compiles, which takes tens of seconds); ``cuda_graphs``
-    captures the encoder for a fixed batch of 1 on a CUDA device and replays it.
+    captures the encoder for a fixed batch of 1 on a CUDA device and replays it. ``fold_bn``
+    (default on) runs a copy of the encoder with every batch norm folded into its conv: exact up to
+    float rounding, and 10-20% faster for the convolutional encoders on CPU. The folded copy is a
+    snapshot: build a new engine (or Predictor) after changing the model's weights.
     """
 
     name = "torch"
@@ -35,6 +39,7 @@ class TorchEngine(Engine):
         compile: bool = False,
         compile_mode: str | None = None,
         cuda_graphs: bool = False,
+        fold_bn: bool = True,
     ) -> None:
         super().__init__(model)
         if dtype not in DTYPES:
@@ -49,6 +54,9 @@ class TorchEngine(Engine):
         self.compile_mode = compile_mode
         self.cuda_graphs = cuda_graphs
         encoder = model.image_encoder
+        self.folded_bn = fold_bn and not model.training and count_foldable(encoder) > 0
+        if self.folded_bn:
+            encoder = fold_batch_norms(encoder)
         if channels_last:
             encoder = encoder.to(memory_format=torch.channels_last)
         self._encoder = encoder
@@ -112,6 +120,8 @@ class TorchEngine(Engine):
 
     def describe(self) -> str:
         extras = [self.dtype] + (["channels_last"] if self.channels_last else [])
+        if self.folded_bn:
+            extras.append("folded_bn")
         if self.compiled:
             extras.append(f"compile({self.compile_mode or 'default'})")
         if self.cuda_graphs:

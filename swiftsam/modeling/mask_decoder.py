@@ -69,14 +69,17 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(n_prompts, -1, -1), sparse_prompt_embeddings], dim=1)
 
-        # expand, never repeat: a view in PyTorch, an Expand (not a Tile) in exported graphs
-        src = image_embeddings.expand(n_prompts, -1, -1, -1) + dense_prompt_embeddings
-        pos_src = image_pe.expand(n_prompts, -1, -1, -1)
-        b, c, h, w = src.shape
+        # broadcast, never repeat: with one shared embedding and one dense embedding (no mask
+        # prompt), ``src`` stays a single image and the transformer's first image-side projections run
+        # once for all prompts; the first image-to-token attention gives each prompt its own copy
+        src = image_embeddings + dense_prompt_embeddings
+        _, c, h, w = src.shape
 
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
+        b = n_prompts
+        src = src.expand(b, -1, -1)  # a no-op unless the transformer left the image side shared
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(

@@ -39,6 +39,11 @@ class PromptDecoder(nn.Module):
 
     def embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         pe = self.prompt_encoder
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if not exporting and not bool(has_mask_input.any()):
+            # eager shortcut (exported graphs stay branch-free): no mask prompt anywhere, so skip the
+            # downscaling convs on B all-zero masks; the result is the same broadcast embedding
+            return pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
         has = has_mask_input.reshape(-1, 1, 1, 1)
         return has * pe.mask_downscaling(mask_input) + (1 - has) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
 

@@ -105,8 +105,10 @@ class TwoWayTransformer(nn.Module):
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Image B x C x H x W and tokens B x N x C in; tokens and image tokens (B x HW x C) out."""
-        keys = image_embedding.flatten(2).permute(0, 2, 1)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        # token-major and contiguous once, so every projection reads memory in order; either input
+        # may have batch 1 and broadcast against the prompts' batch
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)

@@ -21,6 +21,8 @@ GELU = partial(nn.GELU, approximate="tanh")
 class ConvLayer(nn.Module):
     """conv -> optional BatchNorm -> optional activation ("same" padding)."""
 
+    bn_pairs = (("conv", "norm"),)  # (conv, batch norm) that inference may fold
+
     def __init__(
         self,
         cin: int,

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 class BasicBlock(nn.Module):
     expansion = 1
+    bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))  # (conv, batch norm) that inference may fold
 
     def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -30,6 +31,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     expansion = 4
+    bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -64,6 +66,8 @@ RESNET_LAYOUTS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
 
 class ResNetTrunk(nn.Module):
     """ResNet without pooling head; returns the stride-32 feature map."""
+
+    bn_pairs = (("conv1", "bn1"),)
 
     def __init__(self, depth: str = "resnet18") -> None:
         super().__init__()

@@ -1,0 +1,381 @@
+"""MaskGenerator: every object in an image, from a point grid, a hierarchical grid or detector boxes.
+
+Parameters and output records follow ``segment_anything.SamAutomaticMaskGenerator``; what differs is
+how the work is done. Only masks whose predicted IoU passes ``pred_iou_thresh`` are upsampled to
+the image size (the reference upsamples all three masks of every point first), decoding runs
+through the Predictor's engine, and RLEs come from pycocotools.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..image_io import ImageLike, load_image
+from ..modeling.prompt_decoder import flatten_prompts
+from ..modeling.sam import Sam
+from ..predictor import Predictor
+from ..prompts import check_boxes
+from ..transforms import postprocess_masks, to_prompt_frame
+from .mask_ops import (
+    crop_boxes,
+    decode_rle,
+    encode_rle,
+    layer_point_grids,
+    masks_to_boxes,
+    near_crop_edge,
+    point_grid,
+    remove_small_regions,
+    rle_area,
+    stability_score,
+    uncompressed_rle,
+)
+from .nms import batched_nms, box_area
+
+STRATEGIES = ("grid", "hierarchical", "boxes")
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+UPSAMPLE_CHUNK = 48  # masks upsampled to full size at once: bounds memory on large images
+
+
+@dataclass
+class Candidates:
+    """Masks kept so far, in image coordinates: one entry per mask."""
+
+    rles: list[dict] = field(default_factory=list)
+    boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4))  # XYXY, inclusive last pixel
+    iou: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    stability: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    points: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2))  # prompt point, or box centre
+    prompt_boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4))  # NaN for point prompts
+    crop_boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4))
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def select(self, index: torch.Tensor) -> Candidates:
+        index = torch.as_tensor(index)
+        if index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        idx = index.tolist()
+        out = Candidates(rles=[self.rles[i] for i in idx])
+        for f in fields(self):
+            if f.name != "rles":
+                setattr(out, f.name, getattr(self, f.name)[index])
+        return out
+
+    @staticmethod
+    def cat(parts: list[Candidates]) -> Candidates:
+        parts = [p for p in parts if len(p)] or [Candidates()]
+        out = Candidates(rles=[r for p in parts for r in p.rles])
+        for f in fields(Candidates):
+            if f.name != "rles":
+                setattr(out, f.name, torch.cat([getattr(p, f.name) for p in parts]))
+        return out
+
+
+@dataclass
+class GenerationStats:
+    """What the last ``generate`` call did (for benchmarks and progress reports)."""
+
+    prompts: int = 0  # prompts decoded (points or boxes)
+    skipped_points: int = 0  # hierarchical: dense points not decoded because they were covered
+    masks_decoded: int = 0  # candidate masks scored by the decoder
+    masks_upsampled: int = 0  # candidates that passed the IoU threshold and were brought to full size
+    masks_before_nms: int = 0
+    masks: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class MaskGenerator:
+    """Automatic masks for a whole image.
+
+    ``strategy``:
+
+    * ``"grid"``: a ``points_per_side`` x ``points_per_side`` point grid (per crop layer), as
+      ``SamAutomaticMaskGenerator``.
+    * ``"hierarchical"`` (TinySAM): first a sparse grid of ``points_per_side // sparse_factor``
+      points per side; the union of its kept masks' high-confidence pixels (logit >
+      ``high_score_thresh``, 8.5 as in TinySAM) is a coverage map; then the dense grid, skipping the
+      points that fall in covered pixels. Both sets of masks are merged by box NMS. TinySAM reports
+      about 2x fewer decoder calls for the same masks on well-covered images.
+    * ``"boxes"`` (MobileSAMv2's object-aware prompting): one prompt per detector box, given to
+      ``generate(image, boxes=...)``; decoded ``boxes_per_batch`` at a time, single-mask output
+      (best of the three multimask outputs for models whose single-mask token is untrained).
+
+    Filtering, in order: predicted IoU > ``pred_iou_thresh``; stability score >=
+    ``stability_score_thresh``; boxes touching an inner crop edge dropped; box NMS per crop
+    (``box_nms_thresh``) and across crops (``crop_nms_thresh``, smaller crops preferred); then, with
+    ``min_mask_region_area`` > 0, holes and islands smaller than that are removed (OpenCV) and NMS
+    runs again preferring masks that did not change. A threshold <= 0 disables its filter.
+
+    Records (``generate`` returns one dict per mask, sorted as NMS kept them): ``segmentation``
+    (H x W bool, or a COCO RLE, per ``output_mode``), ``area``, ``bbox`` (XYWH), ``predicted_iou``,
+    ``point_coords`` ([[x, y]] of the prompt point; the box centre for box prompts),
+    ``stability_score``, ``crop_box`` (XYWH); box prompts also give ``prompt_box`` (XYXY).
+    """
+
+    def __init__(
+        self,
+        model: Sam | Predictor | str,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        strategy: str = "grid",
+        high_score_thresh: float = 8.5,
+        sparse_factor: int = 4,
+        boxes_per_batch: int = 256,
+        engine: str = "auto",
+        **engine_options,
+    ) -> None:
+        if strategy not in STRATEGIES:
+            raise InputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+        if output_mode not in OUTPUT_MODES:
+            raise InputError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}.")
+        if strategy != "boxes" and (points_per_side is None) == (point_grids is None):
+            raise InputError("give exactly one of points_per_side and point_grids.")
+        if points_per_side is not None and points_per_side < 1:
+            raise InputError(f"points_per_side must be >= 1, got {points_per_side}.")
+        if points_per_batch < 1 or boxes_per_batch < 1:
+            raise InputError("points_per_batch and boxes_per_batch must be >= 1.")
+        if crop_n_layers < 0:
+            raise InputError(f"crop_n_layers must be >= 0, got {crop_n_layers}.")
+        if strategy == "boxes" and crop_n_layers:
+            raise InputError("strategy='boxes' runs on the whole image: crop_n_layers must be 0.")
+        if strategy == "hierarchical":
+            if point_grids is not None:
+                raise InputError("strategy='hierarchical' builds its own grids: give points_per_side, not point_grids.")
+            if sparse_factor < 2 or points_per_side // sparse_factor < 1:
+                raise InputError(f"hierarchical needs points_per_side // sparse_factor >= 1 and sparse_factor >= 2, "
+                                 f"got {points_per_side} // {sparse_factor}.")
+        if point_grids is not None:
+            if len(point_grids) != crop_n_layers + 1:
+                raise InputError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}), got {len(point_grids)}.")
+            point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
+            if any(((g < 0) | (g > 1)).any() for g in point_grids):
+                raise InputError("point_grids must hold (x, y) points normalised to [0, 1].")
+        self.predictor = model if isinstance(model, Predictor) else Predictor(model, engine=engine, **engine_options)
+        self.model = self.predictor.model
+        self.strategy = strategy
+        self.points_per_side = points_per_side
+        self.point_grids = point_grids if point_grids is not None else (
+            layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+            if points_per_side is not None else [])
+        self.points_per_batch = points_per_batch
+        self.boxes_per_batch = boxes_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+        self.high_score_thresh = high_score_thresh
+        self.sparse_factor = sparse_factor
+        self.stats = GenerationStats()
+
+    # ----------------------------------------------------------------- public
+    @torch.inference_mode()
+    def generate(self, image: ImageLike, boxes: np.ndarray | list | None = None) -> list[dict]:
+        """Masks for ``image`` (H x W x 3 uint8 RGB, PIL image or path). ``boxes`` (N x 4, XYXY
+        pixels) are the prompts of ``strategy="boxes"`` and only of it."""
+        array = load_image(image)
+        hw = array.shape[:2]
+        if self.strategy == "boxes":
+            if boxes is None:
+                raise InputError("strategy='boxes' needs boxes: generate(image, boxes=N x 4 XYXY array).")
+            boxes = np.zeros((0, 4)) if len(boxes) == 0 else check_boxes(boxes, hw, batched=True)
+        elif boxes is not None:
+            raise InputError(f"boxes are prompts of strategy='boxes'; this generator uses {self.strategy!r}.")
+        self.stats = GenerationStats()
+        t0 = time.perf_counter()
+        crops, layers = crop_boxes(hw, self.crop_n_layers, self.crop_overlap_ratio)
+        found = Candidates.cat([self._process_crop(array, crop, layer, boxes) for crop, layer in zip(crops, layers)])
+        if len(crops) > 1 and len(found):
+            # the same object seen in several crops: keep the one from the smallest crop
+            keep = batched_nms(found.boxes.float(), 1.0 / box_area(found.crop_boxes.float()),
+                               torch.zeros(len(found)), self.crop_nms_thresh)
+            found = found.select(keep)
+        if self.min_mask_region_area > 0 and len(found):
+            found = self._clean_small_regions(found, max(self.box_nms_thresh, self.crop_nms_thresh))
+        records = self._records(found)
+        self.stats.masks = len(records)
+        self.stats.seconds["total"] = time.perf_counter() - t0
+        return records
+
+    # ---------------------------------------------------------------- crops
+    def _process_crop(self, image: np.ndarray, crop: list[int], layer: int, boxes: np.ndarray | None) -> Candidates:
+        x0, y0, x1, y1 = crop
+        crop_hw = (y1 - y0, x1 - x0)
+        t = time.perf_counter()
+        self.predictor.set_image(np.ascontiguousarray(image[y0:y1, x0:x1]))
+        self.stats.seconds["encode"] = self.stats.seconds.get("encode", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        image_box = [0, 0, image.shape[1], image.shape[0]]
+        scale = np.array([crop_hw[1], crop_hw[0]], dtype=np.float64)
+        if self.strategy == "boxes":
+            found = self._decode_all(boxes, crop, crop_hw, image_box, is_box=True)
+        elif self.strategy == "grid":
+            found = self._decode_all(self.point_grids[layer] * scale, crop, crop_hw, image_box)
+        else:
+            sparse_pts = point_grid(self.points_per_side // self.sparse_factor) * scale
+            coverage = torch.zeros(crop_hw, dtype=torch.bool)
+            sparse = self._decode_all(sparse_pts, crop, crop_hw, image_box, coverage=coverage)
+            dense_pts = self.point_grids[layer] * scale
+            covered = self.covered_points(dense_pts, coverage)
+            self.stats.skipped_points += int(covered.sum())
+            dense = self._decode_all(dense_pts[~covered], crop, crop_hw, image_box)
+            found = Candidates.cat([sparse, dense])
+        self.predictor.reset_image()
+        self.stats.masks_before_nms += len(found)
+        if len(found):
+            keep = batched_nms(found.boxes.float(), found.iou, torch.zeros(len(found)), self.box_nms_thresh)
+            found = found.select(keep)
+        # to image coordinates
+        shift = torch.tensor([x0, y0, x0, y0])
+        found.boxes = found.boxes + shift
+        found.points = found.points + shift[:2]
+        found.prompt_boxes = found.prompt_boxes + shift
+        found.crop_boxes = torch.tensor([crop], dtype=torch.float32).expand(len(found), 4).clone()
+        found.rles = [self._uncrop_rle(r, crop, image.shape[:2]) for r in found.rles] if crop != image_box else found.rles
+        self.stats.seconds["decode"] = self.stats.seconds.get("decode", 0.0) + time.perf_counter() - t
+        return found
+
+    @staticmethod
+    def covered_points(points: np.ndarray, coverage: torch.Tensor) -> np.ndarray:
+        """Which (x, y) pixel points fall on a covered pixel of the H x W ``coverage`` map."""
+        if len(points) == 0:
+            return np.zeros(0, bool)
+        h, w = coverage.shape
+        xs = np.clip(points[:, 0].astype(np.int64), 0, w - 1)
+        ys = np.clip(points[:, 1].astype(np.int64), 0, h - 1)
+        return coverage.numpy()[ys, xs]
+
+    @staticmethod
+    def _uncrop_rle(rle: dict, crop: list[int], hw: tuple[int, int]) -> dict:
+        x0, y0, x1, y1 = crop
+        full = np.zeros((1, *hw), bool)
+        full[0, y0:y1, x0:x1] = decode_rle(rle)
+        return encode_rle(full)[0]
+
+    # ------------------------------------------------------------- decoding
+    def _decode_all(self, prompts: np.ndarray, crop: list[int], crop_hw: tuple[int, int], image_box: list[int],
+                    is_box: bool = False, coverage: torch.Tensor | None = None) -> Candidates:
+        per_batch = self.boxes_per_batch if is_box else self.points_per_batch
+        parts = [
+            self._decode_batch(prompts[i:i + per_batch], crop, crop_hw, image_box, is_box, coverage)
+            for i in range(0, len(prompts), per_batch)
+        ]
+        return Candidates.cat(parts)
+
+    def _decode_batch(self, prompts: np.ndarray, crop: list[int], crop_hw: tuple[int, int], image_box: list[int],
+                      is_box: bool, coverage: torch.Tensor | None) -> Candidates:
+        ps = self.model.spec.prompt_size
+        k, dev = len(prompts), self.predictor.device
+        self.stats.prompts += k
+        if is_box:
+            frame = to_prompt_frame(prompts.reshape(-1, 2, 2), crop_hw, ps).reshape(-1, 4)
+            coords, labels = flatten_prompts(None, None, torch.as_tensor(frame, dtype=torch.float32), k, dev)
+        else:
+            frame = to_prompt_frame(prompts, crop_hw, ps)
+            coords, labels = flatten_prompts(torch.as_tensor(frame, dtype=torch.float32)[:, None],
+                                             torch.ones(k, 1), None, k, dev)
+        mask_in = torch.zeros((k, 1, *self.model.prompt_encoder.mask_input_size), device=dev)
+        low, iou = self.predictor.engine.decode(self.predictor.features, coords, labels, mask_in,
+                                                torch.zeros(k, device=dev))
+        if not is_box:
+            low, iou = low[:, 1:], iou[:, 1:]  # the three multimask outputs, as SamAutomaticMaskGenerator
+            points = torch.as_tensor(prompts, dtype=torch.float32).repeat_interleave(3, dim=0)
+            prompt_boxes = torch.full((3 * k, 4), float("nan"))
+        else:
+            if self.model.multimask_only:
+                best = iou[:, 1:].argmax(dim=1) + 1
+            else:
+                best = torch.zeros(k, dtype=torch.int64, device=iou.device)
+            rows = torch.arange(k, device=iou.device)
+            low, iou = low[rows, best][:, None], iou[rows, best][:, None]
+            prompt_boxes = torch.as_tensor(prompts, dtype=torch.float32)
+            points = (prompt_boxes[:, :2] + prompt_boxes[:, 2:]) / 2
+        low, iou = low.flatten(0, 1), iou.flatten(0, 1).float().cpu()
+        self.stats.masks_decoded += len(iou)
+        keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones(len(iou), dtype=torch.bool)
+        idx = keep.nonzero().flatten()
+        self.stats.masks_upsampled += len(idx)
+        thr = self.model.mask_threshold
+        parts = []
+        for start in range(0, len(idx), UPSAMPLE_CHUNK):
+            sel = idx[start:start + UPSAMPLE_CHUNK]
+            logits = postprocess_masks(low[sel.to(low.device)][:, None].float(), crop_hw, ps)[:, 0].cpu()
+            stab = stability_score(logits, thr, self.stability_score_offset)
+            ok = stab >= self.stability_score_thresh if self.stability_score_thresh > 0 else torch.ones_like(stab, dtype=torch.bool)
+            logits, sel, stab = logits[ok], sel[ok], stab[ok]
+            if coverage is not None and len(sel):
+                coverage |= (logits > self.high_score_thresh).any(dim=0)
+            masks = logits > thr
+            boxes = masks_to_boxes(masks)
+            edge = near_crop_edge(boxes, crop, image_box)
+            masks, sel, stab, boxes = masks[~edge], sel[~edge], stab[~edge], boxes[~edge]
+            parts.append(Candidates(
+                rles=encode_rle(masks.numpy()), boxes=boxes.float(), iou=iou[sel], stability=stab.float(),
+                points=points[sel], prompt_boxes=prompt_boxes[sel], crop_boxes=torch.zeros(len(sel), 4),
+            ))
+        return Candidates.cat(parts)
+
+    # ------------------------------------------------------- postprocessing
+    def _clean_small_regions(self, found: Candidates, nms_thresh: float) -> Candidates:
+        """Fill small holes, drop small islands, and re-run NMS preferring masks left unchanged."""
+        masks, unchanged = [], []
+        for rle in found.rles:
+            mask = decode_rle(rle)
+            mask, changed_holes = remove_small_regions(mask, self.min_mask_region_area, "holes")
+            mask, changed_islands = remove_small_regions(mask, self.min_mask_region_area, "islands")
+            masks.append(mask)
+            unchanged.append(not (changed_holes or changed_islands))
+        stack = torch.from_numpy(np.stack(masks))
+        boxes = masks_to_boxes(stack).float()
+        keep = batched_nms(boxes, torch.tensor(unchanged, dtype=torch.float32), torch.zeros(len(found)), nms_thresh)
+        for i in keep.tolist():
+            if not unchanged[i]:
+                found.rles[i] = encode_rle(stack[i:i + 1].numpy())[0]
+                found.boxes[i] = boxes[i]
+        return found.select(keep)
+
+    def _records(self, found: Candidates) -> list[dict]:
+        records = []
+        for i, rle in enumerate(found.rles):
+            x0, y0, x1, y1 = (int(v) for v in found.boxes[i].tolist())
+            cx0, cy0, cx1, cy1 = (int(v) for v in found.crop_boxes[i].tolist())
+            if self.output_mode == "coco_rle":
+                seg = rle
+            elif self.output_mode == "binary_mask":
+                seg = decode_rle(rle)
+            else:
+                seg = uncompressed_rle(decode_rle(rle))
+            rec = {
+                "segmentation": seg,
+                "area": rle_area(rle),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "predicted_iou": float(found.iou[i]),
+                "point_coords": [found.points[i].tolist()],
+                "stability_score": float(found.stability[i]),
+                "crop_box": [cx0, cy0, cx1 - cx0, cy1 - cy0],
+            }
+            if not torch.isnan(found.prompt_boxes[i]).any():
+                rec["prompt_box"] = found.prompt_boxes[i].tolist()
+            records.append(rec)
+        return records
