@@ -59,11 +59,14 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return_tokens: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """All ``num_mask_tokens`` masks and IoU predictions (token 0 is the single-mask output).
 
         ``image_embeddings`` is either one embedding (1 x C x h x w), shared by every prompt,
-        or one per prompt (B x C x h x w).
+        or one per prompt (B x C x h x w). ``return_tokens`` also returns the transformer's output
+        tokens (B x (1 + num_mask_tokens) x C: the IoU token, then the mask tokens), which
+        full-stage distillation matches between teacher and student.
         """
         n_prompts = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -87,4 +90,6 @@ class MaskDecoder(nn.Module):
         )
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        if return_tokens:
+            return masks, self.iou_prediction_head(iou_token_out), hs[:, : 1 + self.num_mask_tokens]
         return masks, self.iou_prediction_head(iou_token_out)

@@ -54,12 +54,15 @@ class PromptDecoder(nn.Module):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return_tokens: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """image_embeddings 1 (or B) x 256 x 64 x 64; point_coords B x N x 2 in the prompt frame;
-        point_labels B x N; mask_input B x 1 x 256 x 256; has_mask_input B (1.0 or 0.0)."""
+        point_labels B x N; mask_input B x 1 x 256 x 256; has_mask_input B (1.0 or 0.0).
+        ``return_tokens``: also the decoder's output tokens (for distillation)."""
         sparse = self.embed_flat_points(point_coords, point_labels)
         dense = self.embed_mask(mask_input, has_mask_input)
-        return self.mask_decoder.predict_all(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        return self.mask_decoder.predict_all(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense,
+                                             return_tokens=return_tokens)
 
 
 def flatten_prompts(

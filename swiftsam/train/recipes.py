@@ -1,0 +1,301 @@
+"""The three recipes. Each builds its student (and teacher), its dataset, and the loss of one batch.
+
+- ``distill-encoder`` (NanoSAM): the student's image encoder learns the teacher's image embedding;
+  the student's prompt encoder and mask decoder are the teacher's, frozen.
+- ``distill-full`` (TinySAM's full-stage distillation): the embedding, the decoder's output tokens
+  and its mask logits are all distilled, for prompts sampled from ground-truth objects: round 0 a
+  box or a point, later rounds a click in the error region between the student's prediction and the
+  ground truth (hard prompt sampling, previous logits as mask input), and each mask's loss weighted
+  by how far the teacher is from the ground truth on it (hard mask weighting).
+- ``train-masks`` (EfficientViT-SAM stage 2, or fine-tuning on custom data): focal + dice + IoU
+  loss against the ground truth, boxes with jitter / points inside the mask / iterative error clicks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..api import build, load
+from ..errors import InputError
+from ..modeling.prompt_decoder import PromptDecoder
+from ..modeling.sam import Sam
+from ..utils import atomic_path
+from .config import TrainConfig
+from .data import CocoObjects, DistillImages
+from .losses import embedding_loss, mask_iou, sam_mask_loss
+from .prompts import as_generator, error_clicks, first_prompts, low_res_targets
+
+
+def load_model(spec, default_checkpoint: str, device: torch.device) -> Sam:
+    """A zoo model from a ModelSpec: its checkpoint file, the official weights, or a seeded random init."""
+    checkpoint = default_checkpoint if spec.checkpoint == "auto" else spec.checkpoint
+    if checkpoint == "random":
+        torch.manual_seed(spec.seed)
+        model = build(spec.name, **spec.kwargs)
+    elif checkpoint == "official":
+        model = load(spec.name, **spec.kwargs)
+    else:
+        model = load(spec.name, checkpoint=checkpoint, **spec.kwargs)
+    return model.to(device)
+
+
+def _copy_if_compatible(src: nn.Module, dst: nn.Module) -> bool:
+    a, b = src.state_dict(), dst.state_dict()
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return False
+    dst.load_state_dict(a)
+    return True
+
+
+def _freeze(module: nn.Module) -> None:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+class Recipe:
+    name = ""
+    student_default = "random"
+
+    def __init__(self, config: TrainConfig, device: torch.device, autocast) -> None:
+        self.config, self.device, self.autocast = config, device, autocast
+        self.teacher = load_model(config.teacher, "official", device) if config.teacher else None
+        if self.teacher is not None:
+            _freeze(self.teacher)
+        self.student = load_model(config.student, self.student_default, device)
+        self.decoder_from_teacher = False
+        if self.teacher is not None and config.student.checkpoint in ("auto", "random"):
+            # NanoSAM / TinySAM: the student starts from (and here keeps) the teacher's prompt side
+            ok = _copy_if_compatible(self.teacher.prompt_encoder, self.student.prompt_encoder)
+            self.decoder_from_teacher = ok and _copy_if_compatible(self.teacher.mask_decoder, self.student.mask_decoder)
+        self.setup()
+
+    def setup(self) -> None:
+        """Freeze what does not train; put what trains in train mode."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    def dataset(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    def loss(self, batch: dict, step: int, rank: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def skipped_images(self) -> int:
+        return len(self.data.skips.bad) if hasattr(self, "data") else 0
+
+    def _coco(self) -> CocoObjects:
+        c = self.config
+        self.data = CocoObjects(c.images, c.annotations, self.student.spec.prompt_size, c.objects_per_image, c.seed)
+        return self.data
+
+    def _embed(self, model: Sam, images: list) -> torch.Tensor:
+        return model.image_encoder(torch.cat([model.preprocess(im)[0] for im in images]))
+
+
+class DistillEncoder(Recipe):
+    name = "distill-encoder"
+
+    def setup(self) -> None:
+        if not self.decoder_from_teacher and self.config.student.checkpoint in ("auto", "random"):
+            raise InputError(f"the student {self.config.student.name} cannot take the teacher "
+                             f"{self.config.teacher.name}'s mask decoder (different shapes).")
+        _freeze(self.student)
+        for p in self.student.image_encoder.parameters():
+            p.requires_grad_(True)
+        self.student.image_encoder.train()
+        self.cache = self._cache_dir()
+
+    def dataset(self) -> DistillImages:
+        c = self.config
+        self.data = DistillImages(c.images, self.student.spec.input_size, self.teacher.spec.input_size, c.crop_scale,
+                                  c.crop_ratio, c.seed, c.cache_views if c.teacher_cache else None)
+        return self.data
+
+    def _cache_dir(self) -> Path | None:
+        c = self.config
+        if not c.teacher_cache:
+            return None
+        from .data import list_images
+
+        files = [str(p.relative_to(c.images)) for p in list_images(c.images)]
+        key = json.dumps({"teacher": [c.teacher.name, c.teacher.checkpoint, c.teacher.kwargs, c.teacher.seed],
+                          "size": self.teacher.spec.input_size, "crop": [c.crop_scale, c.crop_ratio], "seed": c.seed,
+                          "views": c.cache_views, "files": files}, sort_keys=True)
+        folder = Path(c.teacher_cache) / hashlib.sha256(key.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "key.json").write_text(key)
+        return folder
+
+    def teacher_embeddings(self, batch: dict) -> torch.Tensor:
+        if self.cache is None:
+            with torch.no_grad():
+                return self.teacher.image_encoder(batch["teacher"].to(self.device)).float()
+        out = [None] * len(batch["index"])
+        todo = []
+        for k, (i, v) in enumerate(zip(batch["index"], batch["view"])):
+            path = self.cache / f"{int(i):08d}_{int(v) % self.config.cache_views}.pt"
+            if path.exists():
+                out[k] = torch.load(path, weights_only=True).float()
+            else:
+                todo.append((k, path))
+        if todo:
+            with torch.no_grad():
+                emb = self.teacher.image_encoder(batch["teacher"][[k for k, _ in todo]].to(self.device)).float()
+            for (k, path), e in zip(todo, emb):
+                e = e.half()
+                out[k] = e.float()  # the same fp16-rounded values a later epoch (or a resumed run) reads back
+                with atomic_path(path) as tmp:
+                    torch.save(e.cpu().clone(), tmp)
+        return torch.stack([o.to(self.device) for o in out])
+
+    def loss(self, batch, step, rank, micro):
+        target = self.teacher_embeddings(batch)
+        with self.autocast():
+            student = self.student.image_encoder(batch["student"].to(self.device))
+        loss = embedding_loss(self.config.loss, student, target)
+        return loss, {"loss": float(loss.detach())}
+
+
+class _Prompted(Recipe):
+    """Shared by the recipes that decode prompts sampled from ground-truth objects."""
+
+    def dataset(self) -> CocoObjects:
+        return self._coco()
+
+    def _targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        ps = self.student.spec.prompt_size
+        masks = batch["masks"]
+        owner = [i for i, m in enumerate(masks) for _ in range(len(m))]
+        full = torch.zeros(sum(len(m) for m in masks), ps, ps, dtype=torch.bool)
+        row = 0
+        for m in masks:
+            full[row:row + len(m), : m.shape[1], : m.shape[2]] = m
+            row += len(m)
+        return full, low_res_targets(masks, ps).to(self.device), owner
+
+    @staticmethod
+    def _decode(decoder: PromptDecoder, emb, coords, labels, mask_in, has_mask, tokens: bool = False):
+        return decoder(emb, coords, labels, mask_in, has_mask, return_tokens=tokens)
+
+    def _clicks(self, low: torch.Tensor, full_gt: torch.Tensor, gen: torch.Generator):
+        """Error-region clicks from low-res logits (N x 256 x 256), mapped into the prompt frame."""
+        ps = self.student.spec.prompt_size
+        scale = ps / low.shape[-1]
+        gt_low = torch.nn.functional.interpolate(full_gt[:, None].float(), low.shape[-2:], mode="area")[:, 0] > 0.5
+        coords, labels = error_clicks(low.detach().cpu() > 0, gt_low, gen)
+        return coords * scale, labels
+
+
+class DistillFull(_Prompted):
+    name = "distill-full"
+
+    def setup(self) -> None:
+        self.student.train()
+        self.t_decoder = PromptDecoder(self.teacher)
+        self.s_decoder = PromptDecoder(self.student)
+
+    def loss(self, batch, step, rank, micro):
+        c = self.config
+        gen = as_generator(c.seed, step, rank, micro)
+        full_gt, low_gt, owner = self._targets(batch)
+        with torch.no_grad():
+            t_emb = self._embed(self.teacher, batch["image"]).float()
+        with self.autocast():
+            s_emb = self._embed(self.student, batch["image"])
+        loss_emb = embedding_loss(c.loss, s_emb, t_emb)
+        idx = torch.as_tensor(owner, device=self.device)
+        coords, labels = first_prompts(full_gt, gen, c.box_jitter)
+        n = len(owner)
+        s_mask = torch.zeros(n, 1, 256, 256, device=self.device)
+        t_mask = torch.zeros_like(s_mask)
+        has = torch.zeros(n, device=self.device)
+        token_losses, mask_losses = [], []
+        for r in range(c.prompt_rounds):
+            cc, ll = coords.to(self.device), labels.to(self.device)
+            with torch.no_grad():
+                t_low, t_iou, t_tok = self._decode(self.t_decoder, t_emb[idx], cc, ll, t_mask, has, tokens=True)
+            with self.autocast():
+                s_low, s_iou, s_tok = self._decode(self.s_decoder, s_emb.float()[idx], cc, ll, s_mask, has, tokens=True)
+            s_low, s_tok = s_low.float(), s_tok.float()
+            token_losses.append(torch.nn.functional.mse_loss(s_tok, t_tok))
+            per_mask = (s_low - t_low).pow(2).flatten(2).mean(-1)  # N x 4
+            if c.hard_mask_weighting:
+                # hardness: how far the teacher's mask is from the ground truth (mean |sigmoid - gt|)
+                hard = (torch.sigmoid(t_low) - low_gt[:, None]).abs().flatten(2).mean(-1)
+                weight = (hard / hard.mean().clamp(min=1e-6)).detach()
+                per_mask = per_mask * weight
+            mask_losses.append(per_mask.mean())
+            if r + 1 < c.prompt_rounds:
+                best = s_iou.detach().argmax(dim=1)
+                chosen = s_low.detach()[torch.arange(n), best]
+                new_c, new_l = self._clicks(chosen, full_gt, gen)
+                coords, labels = torch.cat([coords, new_c], 1), torch.cat([labels, new_l], 1)
+                s_mask = chosen[:, None]
+                t_mask = t_low[torch.arange(n), t_iou.argmax(dim=1)][:, None]
+                has = torch.ones(n, device=self.device)
+        loss_tok = torch.stack(token_losses).mean()
+        loss_mask = torch.stack(mask_losses).mean()
+        loss = c.embedding_weight * loss_emb + c.token_weight * loss_tok + c.mask_weight * loss_mask
+        return loss, {"loss": float(loss.detach()), "embedding": float(loss_emb.detach()),
+                      "tokens": float(loss_tok.detach()), "masks": float(loss_mask.detach())}
+
+
+class TrainMasks(_Prompted):
+    name = "train-masks"
+    student_default = "official"
+
+    def setup(self) -> None:
+        for part in self.config.freeze:
+            _freeze(getattr(self.student, part))
+        for name in ("image_encoder", "prompt_encoder", "mask_decoder"):
+            if name not in self.config.freeze:
+                getattr(self.student, name).train()
+        self.s_decoder = PromptDecoder(self.student)
+
+    def loss(self, batch, step, rank, micro):
+        c = self.config
+        gen = as_generator(c.seed, step, rank, micro)
+        full_gt, low_gt, owner = self._targets(batch)
+        idx = torch.as_tensor(owner, device=self.device)
+        n = len(owner)
+        with self.autocast():
+            emb = self._embed(self.student, batch["image"])
+        coords, labels = first_prompts(full_gt, gen, c.box_jitter)
+        mask_in = torch.zeros(n, 1, 256, 256, device=self.device)
+        has = torch.zeros(n, device=self.device)
+        losses, ious = [], []
+        for r in range(c.prompt_rounds):
+            with self.autocast():
+                low, iou = self._decode(self.s_decoder, emb.float()[idx], coords.to(self.device),
+                                        labels.to(self.device), mask_in, has)
+            low, iou = low.float(), iou.float()
+            # SAM: a lone point is ambiguous, so the best of the 3 multimask outputs learns; otherwise output 0
+            ambiguous = (labels[:, 0] == 1) & (labels[:, 1:] == -1).all(1) if labels.shape[1] > 1 else labels[:, 0] == 1
+            ambiguous = ambiguous.to(self.device) & (r == 0)
+            loss_multi, best_multi = sam_mask_loss(low[:, 1:], iou[:, 1:], low_gt)
+            loss_single, _ = sam_mask_loss(low[:, :1], iou[:, :1], low_gt)
+            frac = ambiguous.float().mean()
+            losses.append(frac * loss_multi + (1 - frac) * loss_single)
+            chosen_idx = torch.where(ambiguous, best_multi + 1, torch.zeros_like(best_multi))
+            chosen = low[torch.arange(n), chosen_idx]
+            ious.append(mask_iou(chosen, low_gt).mean())
+            if r + 1 < c.prompt_rounds:
+                new_c, new_l = self._clicks(chosen, full_gt, gen)
+                coords, labels = torch.cat([coords, new_c], 1), torch.cat([labels, new_l], 1)
+                mask_in, has = chosen.detach()[:, None], torch.ones(n, device=self.device)
+        loss = torch.stack(losses).mean()
+        return loss, {"loss": float(loss.detach()), "train_iou": float(torch.stack(ious).mean())}
+
+
+RECIPE_CLASSES = {cls.name: cls for cls in (DistillEncoder, DistillFull, TrainMasks)}
+
+
+def make_recipe(config: TrainConfig, device: torch.device, autocast) -> Recipe:
+    return RECIPE_CLASSES[config.recipe](config, device, autocast)
