@@ -224,7 +224,9 @@ class DistillFull(_Prompted):
             with self.autocast():
                 s_low, s_iou, s_tok = self._decode(self.s_decoder, s_emb.float()[idx], cc, ll, s_mask, has, tokens=True)
             s_low, s_tok = s_low.float(), s_tok.float()
-            token_losses.append(torch.nn.functional.mse_loss(s_tok, t_tok))
+            # the output tokens, and the IoU predictions read from them (they choose the mask at inference)
+            token_losses.append(torch.nn.functional.mse_loss(s_tok, t_tok)
+                                + torch.nn.functional.mse_loss(s_iou.float(), t_iou))
             per_mask = (s_low - t_low).pow(2).flatten(2).mean(-1)  # N x 4
             if c.hard_mask_weighting:
                 # hardness: how far the teacher's mask is from the ground truth (mean |sigmoid - gt|)
