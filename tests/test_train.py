@@ -6,6 +6,7 @@ Tiny configurations (NanoSAM students at 128 px, a random-weight ResNet34 teache
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -187,3 +188,26 @@ def test_cli_train_flags_and_errors(tmp_path, capsys):
     assert "needs a teacher" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+@needs_coco
+def test_fp16_trains_with_a_grad_scaler(tmp_path):
+    """fp16 autocast is slow on CPU: the smallest student and teacher (64 px), one step."""
+    tiny = {"kwargs": {"input_size": 64}, "checkpoint": "random"}
+    cfg = config(tmp_path, None, steps=1, batch_size=1, amp="fp16", student={"name": "nanosam-r18", **tiny},
+                 teacher={"name": "nanosam-r18", **tiny, "seed": 1})
+    info = train(cfg, progress=False)
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0 and state["step"] == 1 and math.isfinite(info["final_loss"])
+
+
+@needs_coco
+def test_amp_accumulation_and_cosine_schedule(tmp_path, teacher_file):
+    cfg = config(tmp_path, teacher_file, steps=3, batch_size=2, grad_accum=2, amp="bf16", schedule="cosine",
+                 warmup_steps=1, lr=1e-3)
+    info = train(cfg, progress=False)
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [ln["lr"] for ln in lines if ln["kind"] == "train"]
+    # the rate each step used: 1 warm-up step (1/1 of the peak), then a cosine over the remaining 2 steps
+    assert lrs == pytest.approx([1e-3, 1e-3, 0.5e-3], abs=1e-9)
+    assert info["data"]["images_seen"] == 3 * 2 * 2 and math.isfinite(info["final_loss"])

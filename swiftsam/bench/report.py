@@ -90,6 +90,8 @@ def chart(doc: dict, path: str | os.PathLike[str], stage: str = "pipeline", pane
         unit = r["throughput_unit"]
     if not series:
         raise ValueError(f"no {stage} results to chart")
+    names = sorted({name for lines in series.values() for name in lines})
+    color_of = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}  # one colour per line, all panels
     cols = min(2, len(series))
     rows = math.ceil(len(series) / cols)
     pw, ph = panel
@@ -122,7 +124,7 @@ def chart(doc: dict, path: str | os.PathLike[str], stage: str = "pipeline", pane
         draw.text(((left + right) / 2 - 40, bottom + 22), "latency (ms)", fill="black", font=font)
         draw.text((ox + 5, top - 14), f"throughput ({unit})", fill="black", font=font)
         for i, (name, pts) in enumerate(sorted(lines.items())):
-            color = PALETTE[i % len(PALETTE)]
+            color = color_of[name]
             pts = sorted(pts, key=lambda p: p[2])
             pix = [to_px(x, y) for x, y, _ in pts]
             if len(pix) > 1:

@@ -258,6 +258,7 @@ def _train(config: TrainConfig, d: ddp.Dist, progress: bool, stop_after: int | N
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v / config.grad_accum
         ddp.average_gradients(params, d)
+        lr_used = optimizer.param_groups[0]["lr"]
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -266,7 +267,7 @@ def _train(config: TrainConfig, d: ddp.Dist, progress: bool, stop_after: int | N
         last = {k: ddp.mean_scalar(v, d) for k, v in sums.items()}
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
-            metrics.write(done, "train", {**last, "lr": scheduler.get_last_lr()[0],
+            metrics.write(done, "train", {**last, "lr": lr_used,
                                           "images_per_s": seen / max(1e-9, time.perf_counter() - t0)})
         if bar is not None:
             bar.update(1)
