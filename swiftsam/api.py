@@ -56,7 +56,14 @@ def load(
                 raise DownloadError(f"{entry.name} is not cached at {path} and downloading was disabled.")
     else:
         path = Path(checkpoint)
+    if entry.loader is not None:  # a format of its own, read by a restricted loader
+        model = entry.loader(str(path))
+        model.multimask_only = entry.multimask_only
+        return model.to(device) if device is not None else model
     state = read_state_dict(path, weights_only=not allow_pickle)
     model = build(entry.name, **kwargs)
+    from .quant.ptq import prepare_for_state
+
+    prepare_for_state(model, state)  # a swiftsam W8A8 checkpoint: quantized layers come back with their scales
     load_checkpoint(model, entry, state, str(path))
     return model.to(device) if device is not None else model

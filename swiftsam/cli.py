@@ -299,6 +299,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from .train.pack import Source, pack
+
+    summary = pack([Source.parse(x) for x in args.sources], args.out, size=args.size, davis_stride=args.davis_stride,
+                   progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quant import run_quantize
+
+    summary = run_quantize(args.model, args.calib, args.out, checkpoint=args.checkpoint, method=args.method,
+                           backend=args.backend, observer=args.observer, calib_images=args.calib_images,
+                           activations=args.activations, input_size=args.input_size, qat_steps=args.qat_steps,
+                           qat_batch_size=args.qat_batch_size, qat_lr=args.qat_lr, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="swiftsam", description="Fast Segment Anything models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -408,6 +428,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other setting, VALUE as JSON (e.g. --set schedule=cosine --set 'freeze=[\"image_encoder\"]')")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
+
+    pk = sub.add_parser("pack", help="pack COCO / DAVIS sources into one class-agnostic training set of resized JPEGs")
+    pk.add_argument("sources", nargs="+", metavar="SOURCE", help="coco:IMAGES:ANNOTATIONS or davis:ROOT")
+    pk.add_argument("--out", required=True)
+    pk.add_argument("--size", type=int, default=512, help="longest side of the packed images (default 512)")
+    pk.add_argument("--davis-stride", type=int, default=3, help="keep every n-th DAVIS frame (default 3)")
+    pk.add_argument("--no-progress", action="store_true")
+    pk.set_defaults(fn=cmd_pack)
+
+    q = sub.add_parser("quantize", help="W8A8 quantization of the image encoder: PTQ or QAT, for onnxruntime, "
+                                         "torch (fake-quant) or TensorRT")
+    q.add_argument("model")
+    q.add_argument("--checkpoint", help="weights file (default: the official checkpoint); 'random' for experiments")
+    q.add_argument("--input-size", type=int, help="builder input size (NanoSAM students trained at e.g. 512)")
+    q.add_argument("--calib", required=True, help="folder of calibration images (QAT: the training images)")
+    q.add_argument("--calib-images", type=int, default=32, help="how many calibration images (default 32)")
+    q.add_argument("--method", choices=["ptq", "qat"], default="ptq")
+    q.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime",
+                   help="onnxruntime: QDQ int8 encoder in an export folder; torch: fake-quant checkpoint; "
+                        "tensorrt: that folder built into INT8 engines")
+    q.add_argument("--observer", choices=["minmax", "percentile", "mse", "entropy"], default="minmax",
+                   help="activation range: minmax, percentile (99.99), mse (torch) or entropy (onnxruntime)")
+    q.add_argument("--activations", choices=["uint8", "int8"], default="uint8",
+                   help="onnxruntime activation type (uint8 runs the fast U8S8 kernels on x86)")
+    q.add_argument("--qat-steps", type=int, default=200)
+    q.add_argument("--qat-batch-size", type=int, default=4)
+    q.add_argument("--qat-lr", type=float, default=1e-5)
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(fn=cmd_quantize)
 
     ev = sub.add_parser("eval", help="accuracy protocols").add_subparsers(dest="dataset", required=True)
     c = ev.add_parser("coco", help="COCO-format instance annotations: box, point or detections protocol")

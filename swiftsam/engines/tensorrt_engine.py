@@ -47,6 +47,14 @@ def _dims_to_torch(trt, dtype):
     }[dtype]
 
 
+def has_qdq(onnx_path: Path) -> bool:
+    """Whether a graph carries QuantizeLinear nodes (an int8 QDQ export)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(n.op_type == "QuantizeLinear" for n in graph.node)
+
+
 def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple[tuple, tuple, tuple]],
                  precision: str, workspace_gb: float = 4.0) -> None:
     """Parse ``onnx_path``, build with one optimisation profile (min/opt/max per input), save atomically."""
@@ -65,6 +73,9 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: dict[str, tuple[tu
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
+    if has_qdq(onnx_path):
+        # explicit quantization (swiftsam quantize / QAT): the graph's Q/DQ pairs pin int8 where they are
+        config.set_flag(trt.BuilderFlag.INT8)
     opt_profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in profile.items():
         opt_profile.set_shape(name, lo, opt, hi)
@@ -123,14 +134,15 @@ class TensorRTEngine(Engine):
         super().__init__(model)
         trt = _trt()
         if precision not in PRECISIONS:
-            raise EngineError(f"precision must be one of {PRECISIONS} (int8 comes with quantization), got {precision!r}.")
+            raise EngineError(f"precision must be one of {PRECISIONS} (int8: give onnx_dir of a `swiftsam quantize` export), got {precision!r}.")
         if min(max_batch, max_prompts, max_points) < 1:
             raise EngineError("max_batch, max_prompts and max_points must be >= 1.")
         self.precision = precision
         folder = Path(onnx_dir) if onnx_dir else cached_export(model, swiftsam_home() / "onnx", ("encoder", "decoder"))
         manifest = read_manifest(folder)
         gpu = _slug(torch.cuda.get_device_name())
-        key = (f"{model.zoo_name or 'model'}-{manifest['fingerprint']}-{precision}-{gpu}-trt{trt.__version__}"
+        int8 = "-int8" if manifest.get("quantization") else ""
+        key = (f"{model.zoo_name or 'model'}-{manifest['fingerprint']}-{precision}{int8}-{gpu}-trt{trt.__version__}"
                f"-b{max_batch}-p{max_prompts}x{max_points}")
         root = swiftsam_home() / "tensorrt"
         s = model.spec.input_size

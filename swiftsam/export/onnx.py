@@ -227,6 +227,7 @@ def export_onnx(
                  "pixel_mean": list(model.spec.pixel_mean), "pixel_std": list(model.spec.pixel_std)},
         "multimask_only": model.multimask_only,
         "sam_single_mask": sam_single_mask,
+        "quantization": getattr(model, "quantization", None),
         "files": {},
     }
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as scratch:

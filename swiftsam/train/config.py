@@ -77,6 +77,9 @@ class TrainConfig:
     mask_weight: float = 1.0
     embedding_weight: float = 1.0
     freeze: list[str] = field(default_factory=list)  # train-masks: parts kept frozen
+    # quantization-aware training: the student's image encoder runs fake-quantized W8A8 while it learns
+    quantize: str = "none"  # none | qat
+    qat_calibration: int = 16  # images that set the initial activation ranges (min-max)
     # bookkeeping
     checkpoint_every: int = 500
     eval_every: int = 0  # 0: evaluate at the end only (when a validation set is given)
@@ -119,6 +122,8 @@ class TrainConfig:
         need(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}.")
         need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
         need(self.amp in AMP, f"amp must be one of {', '.join(AMP)}, got {self.amp!r}.")
+        need(self.quantize in ("none", "qat"), f"quantize must be none or qat, got {self.quantize!r}.")
+        need(self.qat_calibration >= 1, f"qat_calibration must be >= 1, got {self.qat_calibration}.")
         need(self.optimizer in ("adam", "adamw"), f"optimizer must be adam or adamw, got {self.optimizer!r}.")
         need(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"crop_scale must be 0 < lo <= hi <= 1, got {self.crop_scale}.")
         need(0 < self.crop_ratio[0] <= self.crop_ratio[1], f"crop_ratio must be 0 < lo <= hi, got {self.crop_ratio}.")

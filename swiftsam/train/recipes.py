@@ -73,7 +73,21 @@ class Recipe:
             # NanoSAM / TinySAM: the student starts from (and here keeps) the teacher's prompt side
             ok = _copy_if_compatible(self.teacher.prompt_encoder, self.student.prompt_encoder)
             self.decoder_from_teacher = ok and _copy_if_compatible(self.teacher.mask_decoder, self.student.mask_decoder)
+        if config.quantize == "qat":
+            from ..quant.layers import quant_layers
+            from ..quant.ptq import prepare
+
+            if not quant_layers(self.student.image_encoder):  # a PTQ checkpoint comes back already quantized
+                prepare(self.student.image_encoder)
         self.setup()
+
+    def calibrate(self) -> int:
+        """QAT: initial activation ranges from the first training images (min-max)."""
+        from ..quant.ptq import calibrate, preprocessed
+        from .data import list_images
+
+        files = list_images(self.config.images)[: self.config.qat_calibration]
+        return calibrate(self.student, preprocessed(self.student, files), "minmax")
 
     def setup(self) -> None:
         """Freeze what does not train; put what trains in train mode."""

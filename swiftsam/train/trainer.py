@@ -152,7 +152,7 @@ def _write_card(out: Path, config: TrainConfig, info: dict) -> None:
                                                             "checkpoint": config.teacher.checkpoint},
             "data": {"images": config.images, "annotations": config.annotations, **info.pop("data")},
             "training": {k: getattr(config, k) for k in ("steps", "batch_size", "grad_accum", "lr", "optimizer",
-                                                          "schedule", "amp", "loss", "seed")},
+                                                          "schedule", "amp", "loss", "seed", "quantize")},
             **info}
     with atomic_path(out / "model_card.json") as tmp:
         tmp.write_text(json.dumps(card, indent=2))
@@ -164,6 +164,10 @@ def _write_card(out: Path, config: TrainConfig, info: dict) -> None:
              f"- Steps: {config.steps} x batch {config.batch_size} x {info['world_size']} process(es)"
              f" x accumulation {config.grad_accum}; {config.optimizer} lr {config.lr}, {config.schedule} schedule, amp {config.amp}",
              f"- Final training loss: {info['final_loss']:.5g}"]
+    if config.quantize == "qat":
+        lines.append("- Quantization-aware training: the image encoder ran fake-quantized W8A8 (int8 per-channel "
+                     "weights, int8 per-tensor activations); load model.pt with swiftsam.load and export it to get "
+                     "a QDQ ONNX encoder.")
     for when in ("eval_at_start", "eval_at_end"):
         if info.get(when):
             e = info[when]
@@ -200,6 +204,8 @@ def _train(config: TrainConfig, d: ddp.Dist, progress: bool, stop_after: int | N
             tmp.write_text(json.dumps(config.as_dict(), indent=2))
     seed_everything(config.seed)
     recipe = make_recipe(config, device, _autocast_factory(config.amp, device))
+    if config.quantize == "qat" and not ckpt_path.exists():
+        recipe.calibrate()  # a resumed run takes the ranges from its checkpoint
     params = recipe.parameters()
     ddp.broadcast_module(recipe.student, d)
     opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam

@@ -55,6 +55,8 @@ def _closest_entry(keys: set[str]) -> str | None:
     scores = {}
     with torch.device("meta"):
         for name, entry in _REGISTRY.items():
+            if entry.loader is not None:  # its own file format, never a state dict
+                continue
             theirs = {k for k in entry.build().state_dict()}
             ours = {k for k in keys if not k.startswith(entry.ignore_keys)} if entry.ignore_keys else keys
             scores[name] = len(ours & theirs) / max(1, len(ours | theirs))

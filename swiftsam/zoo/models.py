@@ -97,6 +97,28 @@ register(ModelEntry(
     multimask_only=True,
 ))
 
+def _load_qtinysam(path: str) -> Sam:
+    from ..quant.qtinysam import load_qtinysam
+
+    return load_qtinysam(path)
+
+
+register(ModelEntry(
+    name="tinysam-w8a8",
+    family="tinyvit",
+    builder=_tiny_vit,
+    spec=ImageSpec(),
+    description="Q-TinySAM: TinySAM with W8A8 post-training quantization (read without TinySAM's code)",
+    weights=Weights(
+        "tinysam_w8a8.pth",
+        ("https://github.com/xinghaochen/TinySAM/releases/download/2.0/tinysam_w8a8.pth",),
+        "bf611cf86b9af930cfc865747f6a11ddddb867fd0103ba98a54e5d248b657eeb",
+    ),
+    multimask_only=True,
+    loader=_load_qtinysam,
+    aliases=("q-tinysam", "qtinysam"),
+))
+
 _EVIT_SHA = {
     "l0": "c4f994b01a16d48bcf2fbbb089448cfbf58fae5811edfa8113c953b8b8cc64b8",
     "l1": "fa151df2b9b96896accd505470755cdd293a4c50cdabac95478f3fbd86d9152b",

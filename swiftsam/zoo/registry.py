@@ -32,6 +32,8 @@ class ModelEntry:
     # the single-mask output token was never trained (TinySAM): take the best of the 3 instead
     multimask_only: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    # reads a checkpoint that is not a state dict (Q-TinySAM's pickled module) into a ready model
+    loader: Callable[[str], Sam] | None = None
 
     def build(self, **kwargs) -> Sam:
         """A model with freshly initialised weights."""

@@ -1,0 +1,99 @@
+"""Quantization: W8A8 post-training quantization (PyTorch fake-quant, ONNX Runtime QDQ), quantization-aware
+training, TensorRT INT8 from QDQ graphs, and Q-TinySAM's checkpoint read without TinySAM's code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import InputError
+from .layers import QuantConv2d, QuantConvTranspose2d, QuantLinear, quant_layers
+from .observers import OBSERVERS, RangeObserver
+from .ptq import calibrate, calibration_images, prepare, preprocessed, quantize_torch, real_int8_linears
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+METHODS = ("ptq", "qat")
+
+
+def _model(name: str, checkpoint: str | None, kwargs: dict):
+    import torch
+
+    from ..api import build, load
+
+    if checkpoint == "random":  # for experiments and tests: a seeded random initialisation
+        torch.manual_seed(0)
+        return build(name, **kwargs)
+    return load(name, checkpoint=checkpoint, **kwargs)
+
+
+def run_quantize(model: str, calib: str | os.PathLike[str], out: str | os.PathLike[str], *, checkpoint: str | None = None,
+                 method: str = "ptq", backend: str = "onnxruntime", observer: str = "minmax", calib_images: int = 32,
+                 activations: str = "uint8", input_size: int | None = None, qat_steps: int = 200,
+                 qat_batch_size: int = 4, qat_lr: float = 1e-5, progress: bool = True) -> dict:
+    """``swiftsam quantize``: returns a summary of what was written."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}.")
+    kwargs = {"input_size": input_size} if input_size else {}
+    out = Path(out)
+    files = calibration_images(calib, calib_images)
+    if method == "qat":
+        return _run_qat(model, checkpoint, kwargs, calib, out, files, backend, qat_steps, qat_batch_size, qat_lr,
+                        progress)
+    if backend == "tensorrt":
+        from ..engines.tensorrt_engine import _trt
+
+        _trt()  # a clear error before any work when TensorRT or the GPU is missing
+    net = _model(model, checkpoint, kwargs)
+    if backend == "torch":
+        if observer not in OBSERVERS:
+            raise InputError(f"the torch backend calibrates with {', '.join(OBSERVERS)}, got {observer!r}.")
+        import torch
+
+        from ..utils import atomic_path
+
+        quantize_torch(net, preprocessed(net, files), observer)
+        path = out / "model-w8a8.pt"
+        with atomic_path(path) as tmp:
+            torch.save(net.state_dict(), tmp)
+        return {"backend": "torch", "model": model, "checkpoint": str(path), "observer": observer,
+                "calibration_images": len(files), "quantized_layers": len(quant_layers(net.image_encoder))}
+    from .onnx_int8 import count_qdq, quantize_onnx
+
+    manifest = quantize_onnx(net, out, preprocessed(net, files), observer, activations)
+    summary = {"backend": backend, "model": model, "onnx_dir": str(out), **manifest["quantization"],
+               **count_qdq(out / "encoder.onnx")}
+    if backend == "tensorrt":
+        from ..engines.tensorrt_engine import TensorRTEngine
+
+        engine = TensorRTEngine(net.to("cuda"), precision="fp16", onnx_dir=out)
+        summary["engines"] = {part: str(p) for part, p in engine.paths.items()}
+    return summary
+
+
+def _run_qat(model, checkpoint, kwargs, calib, out, files, backend, steps, batch_size, lr, progress) -> dict:
+    """Fine-tune the fake-quantized encoder to match the float model's embeddings (distill-encoder with
+    the float model as its own teacher), then export a QDQ ONNX encoder."""
+    from ..export.onnx import export_onnx
+    from ..train import load_config, train
+    from .onnx_int8 import count_qdq
+
+    if backend != "onnxruntime":
+        raise InputError("QAT exports a QDQ ONNX encoder: use --backend onnxruntime (TensorRT builds from that folder).")
+    spec = {"name": model, "checkpoint": checkpoint or "official", "kwargs": kwargs}
+    config = load_config(None, {"recipe": "distill-encoder", "student": spec, "teacher": dict(spec), "images": str(calib),
+                                "out": str(out / "qat"), "steps": steps, "batch_size": batch_size, "lr": lr,
+                                "quantize": "qat", "qat_calibration": len(files), "tensorboard": False,
+                                "checkpoint_every": 50, "crop_scale": [0.5, 1.0]})
+    info = train(config, progress=progress)
+    net = _model(model, str(out / "qat" / "model.pt"), kwargs)
+    export_onnx(net, out / "onnx", parts=("encoder", "decoder"))
+    return {"backend": "onnxruntime", "method": "qat", "model": model, "checkpoint": str(out / "qat" / "model.pt"),
+            "onnx_dir": str(out / "onnx"), "steps": steps, "final_loss": info.get("final_loss") if info else None,
+            **count_qdq(out / "onnx" / "encoder.onnx")}
+
+
+__all__ = ["BACKENDS", "METHODS", "OBSERVERS", "QuantConv2d", "QuantConvTranspose2d", "QuantLinear", "RangeObserver",
+           "calibrate", "calibration_images", "prepare", "preprocessed", "quant_layers", "quantize_torch",
+           "real_int8_linears", "run_quantize"]
