@@ -162,6 +162,10 @@ def test_bad_inputs(tmp_path, teacher_file):
         config(tmp_path, teacher_file, recipe="train-masks", freeze=["encoder"], **coco()).validate()
     with pytest.raises(InputError, match="needs COCO-format annotations"):
         config(tmp_path, teacher_file, recipe="distill-full").validate()
+    with pytest.raises(InputError, match="focal_weight and dice_weight"):
+        config(tmp_path, teacher_file, focal_weight=0, dice_weight=0).validate()
+    with pytest.raises(InputError, match="quantize must be none or qat"):
+        config(tmp_path, teacher_file, quantize="int4").validate()
 
 
 @needs_coco

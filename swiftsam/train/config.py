@@ -77,6 +77,10 @@ class TrainConfig:
     mask_weight: float = 1.0
     embedding_weight: float = 1.0
     freeze: list[str] = field(default_factory=list)  # train-masks: parts kept frozen
+    # train-masks: SAM's mask loss weights (focal:dice 20:1); from scratch a lower focal weight avoids the
+    # all-background solution that a 20x focal term (alpha 0.25) makes cheap
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
     # quantization-aware training: the student's image encoder runs fake-quantized W8A8 while it learns
     quantize: str = "none"  # none | qat
     qat_calibration: int = 16  # images that set the initial activation ranges (min-max)
@@ -122,6 +126,8 @@ class TrainConfig:
         need(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}.")
         need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
         need(self.amp in AMP, f"amp must be one of {', '.join(AMP)}, got {self.amp!r}.")
+        need(self.focal_weight >= 0 and self.dice_weight >= 0 and self.focal_weight + self.dice_weight > 0,
+             "focal_weight and dice_weight must be >= 0, not both 0.")
         need(self.quantize in ("none", "qat"), f"quantize must be none or qat, got {self.quantize!r}.")
         need(self.qat_calibration >= 1, f"qat_calibration must be >= 1, got {self.qat_calibration}.")
         need(self.optimizer in ("adam", "adamw"), f"optimizer must be adam or adamw, got {self.optimizer!r}.")

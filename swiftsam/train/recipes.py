@@ -295,8 +295,9 @@ class TrainMasks(_Prompted):
             # SAM: a lone point is ambiguous, so the best of the 3 multimask outputs learns; otherwise output 0
             ambiguous = (labels[:, 0] == 1) & (labels[:, 1:] == -1).all(1) if labels.shape[1] > 1 else labels[:, 0] == 1
             ambiguous = ambiguous.to(self.device) & (r == 0)
-            loss_multi, best_multi = sam_mask_loss(low[:, 1:], iou[:, 1:], low_gt)
-            loss_single, _ = sam_mask_loss(low[:, :1], iou[:, :1], low_gt)
+            w = {"focal_weight": c.focal_weight, "dice_weight": c.dice_weight}
+            loss_multi, best_multi = sam_mask_loss(low[:, 1:], iou[:, 1:], low_gt, **w)
+            loss_single, _ = sam_mask_loss(low[:, :1], iou[:, :1], low_gt, **w)
             frac = ambiguous.float().mean()
             losses.append(frac * loss_multi + (1 - frac) * loss_single)
             chosen_idx = torch.where(ambiguous, best_multi + 1, torch.zeros_like(best_multi))
