@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import swiftsam
+from swiftsam.engines import TorchEngine
 from swiftsam.errors import CheckpointError, InputError
 from swiftsam.quant import calibration_images, preprocessed, quant_layers, quantize_torch
 from swiftsam.quant.observers import RangeObserver, affine_params
@@ -72,6 +73,9 @@ def test_w8a8_checkpoint_round_trips_through_load(tmp_path):
     x = _inputs(model, 1, seed=5)[0]
     with torch.no_grad():
         assert torch.equal(back.image_encoder(x), q.image_encoder(x))
+        # the torch engine folds batch norms, but never into a quantized conv (its scales fit the unfolded weights)
+        engine = TorchEngine(back)
+        assert torch.allclose(engine.encode(x), back.image_encoder(x), atol=1e-5)
 
 
 def test_onnxruntime_int8_encoder_runs_and_agrees(tmp_path):

@@ -8,8 +8,13 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
+def _plain_conv(module: nn.Module | None) -> bool:
+    # a quantized conv (swiftsam.quant) keeps its batch norm: its int8 scales belong to the unfolded weights
+    return isinstance(module, nn.Conv2d) and not hasattr(module, "w_scale")
+
+
 def _is_sequential_pair(module: nn.Module) -> bool:
-    return (isinstance(module, nn.Sequential) and len(module) == 2 and isinstance(module[0], nn.Conv2d)
+    return (isinstance(module, nn.Sequential) and len(module) == 2 and _plain_conv(module[0])
             and isinstance(module[1], nn.BatchNorm2d))
 
 
@@ -17,7 +22,7 @@ def _attribute_pairs(module: nn.Module) -> list[tuple[str, str]]:
     found = []
     for conv_name, bn_name in getattr(module, "bn_pairs", ()):
         conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+        if _plain_conv(conv) and isinstance(bn, nn.BatchNorm2d):
             found.append((conv_name, bn_name))
     return found
 
