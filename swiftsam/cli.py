@@ -314,7 +314,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     summary = run_quantize(args.model, args.calib, args.out, checkpoint=args.checkpoint, method=args.method,
                            backend=args.backend, observer=args.observer, calib_images=args.calib_images,
                            activations=args.activations, input_size=args.input_size, qat_steps=args.qat_steps,
-                           qat_batch_size=args.qat_batch_size, qat_lr=args.qat_lr, progress=not args.no_progress)
+                           qat_batch_size=args.qat_batch_size, qat_lr=args.qat_lr, progress=not args.no_progress,
+                           val_images=args.val_images, val_annotations=args.val_annotations, val_count=args.val_count)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -455,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--qat-steps", type=int, default=200)
     q.add_argument("--qat-batch-size", type=int, default=4)
     q.add_argument("--qat-lr", type=float, default=1e-5)
+    q.add_argument("--val-images", help="COCO val images: report the box-protocol agreement with the float model")
+    q.add_argument("--val-annotations", help="COCO instances JSON for --val-images")
+    q.add_argument("--val-count", type=int, default=20, help="how many val images (default 20)")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(fn=cmd_quantize)

@@ -108,9 +108,12 @@ def test_quantize_cli_ptq_torch_and_qat_exports_onnx(tmp_path, capsys):
     from swiftsam.cli import main
 
     common = ["nanosam-r18", "--checkpoint", "random", "--input-size", "128", "--calib", str(VAL), "--calib-images", "2"]
-    assert main(["quantize", *common, "--backend", "torch", "--observer", "mse", "--out", str(tmp_path / "t")]) == 0
+    assert main(["quantize", *common, "--backend", "torch", "--observer", "mse", "--out", str(tmp_path / "t"),
+                 "--val-images", str(VAL), "--val-annotations", str(VAL.parent / "annotations/instances_val2017.json"),
+                 "--val-count", "1"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["quantized_layers"] > 20 and (tmp_path / "t" / "model-w8a8.pt").is_file()
+    assert summary["agreement"]["objects"] > 0 and 0 <= summary["agreement"]["miou_vs_float"] <= 1
     # QAT: a few fake-quantized steps on CPU, then a QDQ encoder that onnxruntime runs
     assert main(["quantize", *common, "--method", "qat", "--qat-steps", "2", "--qat-batch-size", "1",
                  "--out", str(tmp_path / "q"), "--no-progress"]) == 0

@@ -29,8 +29,17 @@ def _model(name: str, checkpoint: str | None, kwargs: dict):
 def run_quantize(model: str, calib: str | os.PathLike[str], out: str | os.PathLike[str], *, checkpoint: str | None = None,
                  method: str = "ptq", backend: str = "onnxruntime", observer: str = "minmax", calib_images: int = 32,
                  activations: str = "uint8", input_size: int | None = None, qat_steps: int = 200,
-                 qat_batch_size: int = 4, qat_lr: float = 1e-5, progress: bool = True) -> dict:
-    """``swiftsam quantize``: returns a summary of what was written."""
+                 qat_batch_size: int = 4, qat_lr: float = 1e-5, progress: bool = True,
+                 val_images: str | None = None, val_annotations: str | None = None, val_count: int = 20) -> dict:
+    """``swiftsam quantize``: returns a summary of what was written. With a COCO validation set, the
+    summary also holds the quantized model's box-protocol agreement with the float model."""
+    val = None
+    if (val_images is None) != (val_annotations is None):
+        raise InputError("give both --val-images and --val-annotations, or neither.")
+    if val_images is not None:
+        from ..eval.dataset import CocoImages
+
+        val = CocoImages(val_images, val_annotations)
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
     if backend not in BACKENDS:
@@ -46,6 +55,25 @@ def run_quantize(model: str, calib: str | os.PathLike[str], out: str | os.PathLi
 
         _trt()  # a clear error before any work when TensorRT or the GPU is missing
     net = _model(model, checkpoint, kwargs)
+    summary = _run_ptq(net, model, files, out, backend, observer, activations, val, val_count)
+    return summary
+
+
+def _agreement(float_model, quantized, val, count: int, **engine) -> dict:
+    from ..eval.agreement import box_agreement
+    from ..predictor import Predictor
+
+    a = Predictor(float_model, engine="torch", fold_bn=False)
+    b = Predictor(quantized, **engine) if engine else Predictor(quantized, engine="torch")
+    r = box_agreement(a, b, val, count)
+    return {"objects": int(r["objects"]), "miou_vs_float": r.get("miou_agreement"),
+            "float_miou_gt": r.get("a_miou_gt"), "quantized_miou_gt": r.get("b_miou_gt")}
+
+
+def _run_ptq(net, model, files, out, backend, observer, activations, val, val_count) -> dict:
+    import copy
+
+    float_net = copy.deepcopy(net) if val is not None else None
     if backend == "torch":
         if observer not in OBSERVERS:
             raise InputError(f"the torch backend calibrates with {', '.join(OBSERVERS)}, got {observer!r}.")
@@ -57,8 +85,11 @@ def run_quantize(model: str, calib: str | os.PathLike[str], out: str | os.PathLi
         path = out / "model-w8a8.pt"
         with atomic_path(path) as tmp:
             torch.save(net.state_dict(), tmp)
-        return {"backend": "torch", "model": model, "checkpoint": str(path), "observer": observer,
-                "calibration_images": len(files), "quantized_layers": len(quant_layers(net.image_encoder))}
+        summary = {"backend": "torch", "model": model, "checkpoint": str(path), "observer": observer,
+                   "calibration_images": len(files), "quantized_layers": len(quant_layers(net.image_encoder))}
+        if val is not None:
+            summary["agreement"] = _agreement(float_net, net, val, val_count)
+        return summary
     from .onnx_int8 import count_qdq, quantize_onnx
 
     manifest = quantize_onnx(net, out, preprocessed(net, files), observer, activations)
@@ -69,6 +100,10 @@ def run_quantize(model: str, calib: str | os.PathLike[str], out: str | os.PathLi
 
         engine = TensorRTEngine(net.to("cuda"), precision="fp16", onnx_dir=out)
         summary["engines"] = {part: str(p) for part, p in engine.paths.items()}
+    elif val is not None:
+        from ..engines import OrtEngine
+
+        summary["agreement"] = _agreement(float_net, net, val, val_count, engine=OrtEngine(net, onnx_dir=out))
     return summary
 
 
