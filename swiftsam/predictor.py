@@ -17,7 +17,7 @@ from .errors import InputError
 from .image_io import ImageLike, load_image
 from .modeling.prompt_decoder import flatten_prompts
 from .modeling.sam import Sam
-from .prompts import check_boxes, check_mask_input, check_points
+from .prompts import box_prior_logits, check_boxes, check_mask_input, check_points
 from .transforms import postprocess_masks, resized_shape, to_prompt_frame
 from .utils import atomic_path
 
@@ -198,7 +198,11 @@ class Predictor:
             raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
         batch, dev = sizes[0], self.device
         coords, labels = flatten_prompts(point_coords, point_labels, boxes, batch, dev)
-        if mask_input is None:
+        if mask_input is None and boxes is not None and getattr(self.model, "box_mask_prior", False):
+            mask = box_prior_logits(boxes.to(dev, torch.float32), self.model.spec.prompt_size,
+                                    self.model.prompt_encoder.mask_input_size)
+            has_mask = torch.ones(batch, device=dev)
+        elif mask_input is None:
             mask = torch.zeros((batch, 1, *self.model.prompt_encoder.mask_input_size), device=dev)
             has_mask = torch.zeros(batch, device=dev)
         else:

@@ -66,3 +66,21 @@ def check_mask_input(mask: object, size: tuple[int, int], batch: int | None = No
             f"mask_input must have shape {want} (the low-res logits returned by predict); got {m.shape}."
         )
     return m
+
+
+BOX_PRIOR_LOGIT = 4.0
+
+
+def box_prior_logits(boxes, prompt_size: int, size: tuple[int, int] = (256, 256)):
+    """Boxes (B x 4, prompt frame) as low-resolution mask logits (B x 1 x h x w): +4 on the cells whose
+    centres lie inside the box, -4 elsewhere. Models trained with ``box_mask_prior`` (swiftsam's own)
+    receive this as their mask input with every box prompt, a prior that they refine."""
+    import torch
+
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    h, w = size
+    ys = (torch.arange(h, dtype=torch.float32, device=boxes.device) + 0.5) * (prompt_size / h)
+    xs = (torch.arange(w, dtype=torch.float32, device=boxes.device) + 0.5) * (prompt_size / w)
+    x0, y0, x1, y1 = (boxes[:, i, None] for i in range(4))
+    inside = ((ys >= y0) & (ys <= y1))[:, :, None] & ((xs >= x0) & (xs <= x1))[:, None, :]
+    return torch.where(inside, BOX_PRIOR_LOGIT, -BOX_PRIOR_LOGIT)[:, None]

@@ -208,3 +208,27 @@ def test_predict_before_set_image():
 def test_predict_batch_size_mismatch(pair):
     with pytest.raises(InputError, match="differ in size"):
         pair[0].predict_batch(point_coords=np.zeros((2, 1, 2)), point_labels=np.ones((2, 1)), boxes=np.array([[0, 0, 5, 5.0]]))
+
+
+def test_box_mask_prior_enters_as_the_mask_input_of_box_prompts():
+    from swiftsam.prompts import box_prior_logits
+
+    prior = box_prior_logits(torch.tensor([[0.0, 0.0, 512.0, 256.0]]), prompt_size=1024)
+    assert prior.shape == (1, 1, 256, 256)
+    assert (prior[0, 0, :64, :128] == 4).all() and (prior[0, 0, 64:] == -4).all() and (prior[0, 0, :, 128:] == -4).all()
+    model = randomize_(swiftsam.build("nanosam-r18", input_size=256), seed=3)
+    image = test_image(120, 160)
+    box = np.array([20, 30, 100, 90])
+    p = Predictor(model, engine="torch")
+    p.set_image(image)
+    plain = p.predict(box=box, return_logits=True)[2]
+    model.box_mask_prior = True
+    with_prior = p.predict(box=box, return_logits=True)[2]
+    frame = to_prompt_frame(box.reshape(2, 2).astype(np.float32), (120, 160), 1024).reshape(1, 4)
+    explicit = p.predict(box=box, mask_input=box_prior_logits(torch.as_tensor(frame), 1024)[0].numpy(),
+                         return_logits=True)[2]
+    assert not np.allclose(plain, with_prior) and np.allclose(with_prior, explicit, atol=1e-5)
+    points_only = p.predict(point_coords=np.array([[50, 50]]), point_labels=np.array([1]), return_logits=True)[2]
+    model.box_mask_prior = False
+    assert np.allclose(points_only, p.predict(point_coords=np.array([[50, 50]]), point_labels=np.array([1]),
+                                              return_logits=True)[2])  # no box: no prior

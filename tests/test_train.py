@@ -86,7 +86,7 @@ def test_distill_encoder_learns_the_teacher(tmp_path, teacher_file):
 @pytest.mark.parametrize("recipe", ["distill-full", "train-masks"])
 def test_prompted_recipes_reduce_their_loss(tmp_path, teacher_file, recipe):
     extra = {"teacher": None, "student": {"name": "nanosam-r18", "checkpoint": teacher_file.replace("teacher.pt", "student.pt"),
-                                          "kwargs": {"input_size": SIZE}}} if recipe == "train-masks" else {}
+                                          "kwargs": {"input_size": SIZE}}, "box_mask_prior": True} if recipe == "train-masks" else {}
     if recipe == "train-masks":
         torch.save(randomize_(swiftsam.build("nanosam-r18", input_size=SIZE), seed=5).state_dict(),
                    extra["student"]["checkpoint"])
@@ -105,6 +105,8 @@ def test_prompted_recipes_reduce_their_loss(tmp_path, teacher_file, recipe):
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     keys = {"embedding", "tokens", "masks"} if recipe == "distill-full" else {"train_iou"}
     assert keys <= set([ln for ln in lines if ln["kind"] == "train"][-1])
+    if recipe == "train-masks":  # the model card says how to run a model trained with the box prior
+        assert json.loads((tmp_path / "run" / "model_card.json").read_text())["training"]["box_mask_prior"]
 
 
 @needs_coco

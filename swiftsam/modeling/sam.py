@@ -45,6 +45,9 @@ class Sam(nn.Module):
         self.spec = spec
         self.zoo_name: str | None = None  # set by swiftsam.build / swiftsam.load
         self.multimask_only = False  # True when the single-mask output token was never trained (TinySAM)
+        # True for models trained to receive a box as a mask prior too (swiftsam's own): the Predictor then
+        # passes prompts.box_prior_logits(box) as the mask input of every box prompt without one
+        self.box_mask_prior = False
         self.register_buffer("pixel_mean", torch.tensor(spec.pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(spec.pixel_std).view(-1, 1, 1), persistent=False)
 

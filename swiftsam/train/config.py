@@ -81,6 +81,10 @@ class TrainConfig:
     # all-background solution that a 20x focal term (alpha 0.25) makes cheap
     focal_weight: float = 20.0
     dice_weight: float = 1.0
+    # train-masks: every box prompt also enters as a box-shaped mask prior (prompts.box_prior_logits), which the
+    # model learns to refine; the trained model must be run with model.box_mask_prior = True (the Predictor
+    # then adds the prior itself)
+    box_mask_prior: bool = False
     # quantization-aware training: the student's image encoder runs fake-quantized W8A8 while it learns
     quantize: str = "none"  # none | qat
     qat_calibration: int = 16  # images that set the initial activation ranges (min-max)
@@ -128,6 +132,7 @@ class TrainConfig:
         need(self.amp in AMP, f"amp must be one of {', '.join(AMP)}, got {self.amp!r}.")
         need(self.focal_weight >= 0 and self.dice_weight >= 0 and self.focal_weight + self.dice_weight > 0,
              "focal_weight and dice_weight must be >= 0, not both 0.")
+        need(not self.box_mask_prior or self.recipe == "train-masks", "box_mask_prior is a train-masks setting.")
         need(self.quantize in ("none", "qat"), f"quantize must be none or qat, got {self.quantize!r}.")
         need(self.qat_calibration >= 1, f"qat_calibration must be >= 1, got {self.qat_calibration}.")
         need(self.optimizer in ("adam", "adamw"), f"optimizer must be adam or adamw, got {self.optimizer!r}.")

@@ -28,6 +28,7 @@ from ..utils import atomic_path
 from .config import TrainConfig
 from .data import CocoObjects, DistillImages
 from .losses import embedding_loss, mask_iou, sam_mask_loss
+from ..prompts import box_prior_logits
 from .prompts import as_generator, error_clicks, first_prompts, low_res_targets
 
 
@@ -274,6 +275,7 @@ class TrainMasks(_Prompted):
             if name not in self.config.freeze:
                 getattr(self.student, name).train()
         self.s_decoder = PromptDecoder(self.student)
+        self.student.box_mask_prior = self.config.box_mask_prior
 
     def loss(self, batch, step, rank, micro):
         c = self.config
@@ -286,6 +288,11 @@ class TrainMasks(_Prompted):
         coords, labels = first_prompts(full_gt, gen, c.box_jitter)
         mask_in = torch.zeros(n, 1, 256, 256, device=self.device)
         has = torch.zeros(n, device=self.device)
+        if c.box_mask_prior:  # box prompts also enter as a box-shaped mask that the model refines
+            is_box = (labels[:, 0] == 2).to(self.device)
+            prior = box_prior_logits(coords.reshape(n, 4), self.student.spec.prompt_size).to(self.device)
+            mask_in = torch.where(is_box[:, None, None, None], prior, mask_in)
+            has = is_box.float()
         losses, ious = [], []
         for r in range(c.prompt_rounds):
             with self.autocast():

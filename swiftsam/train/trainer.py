@@ -152,7 +152,8 @@ def _write_card(out: Path, config: TrainConfig, info: dict) -> None:
                                                             "checkpoint": config.teacher.checkpoint},
             "data": {"images": config.images, "annotations": config.annotations, **info.pop("data")},
             "training": {k: getattr(config, k) for k in ("steps", "batch_size", "grad_accum", "lr", "optimizer",
-                                                          "schedule", "amp", "loss", "seed", "quantize")},
+                                                          "schedule", "amp", "loss", "seed", "quantize",
+                                                          "box_mask_prior")},
             **info}
     with atomic_path(out / "model_card.json") as tmp:
         tmp.write_text(json.dumps(card, indent=2))
@@ -164,6 +165,9 @@ def _write_card(out: Path, config: TrainConfig, info: dict) -> None:
              f"- Steps: {config.steps} x batch {config.batch_size} x {info['world_size']} process(es)"
              f" x accumulation {config.grad_accum}; {config.optimizer} lr {config.lr}, {config.schedule} schedule, amp {config.amp}",
              f"- Final training loss: {info['final_loss']:.5g}"]
+    if config.box_mask_prior:
+        lines.append("- Box mask prior: box prompts also enter as a box-shaped mask; run the model with "
+                     "model.box_mask_prior = True (the Predictor then adds the prior itself).")
     if config.quantize == "qat":
         lines.append("- Quantization-aware training: the image encoder ran fake-quantized W8A8 (int8 per-channel "
                      "weights, int8 per-tensor activations); load model.pt with swiftsam.load and export it to get "
