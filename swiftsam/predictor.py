@@ -198,13 +198,8 @@ class Predictor:
             raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
         batch, dev = sizes[0], self.device
         coords, labels = flatten_prompts(point_coords, point_labels, boxes, batch, dev)
-        if mask_input is None and boxes is not None and getattr(self.model, "box_mask_prior", False):
-            mask = box_prior_logits(boxes.to(dev, torch.float32), self.model.spec.prompt_size,
-                                    self.model.prompt_encoder.mask_input_size)
-            has_mask = torch.ones(batch, device=dev)
-        elif mask_input is None:
-            mask = torch.zeros((batch, 1, *self.model.prompt_encoder.mask_input_size), device=dev)
-            has_mask = torch.zeros(batch, device=dev)
+        if mask_input is None:
+            mask, has_mask = self._no_mask_prompt(boxes, batch, dev)
         else:
             mask, has_mask = mask_input.to(dev, torch.float32), torch.ones(batch, device=dev)
         low, scores = self.engine.decode(self.features, coords, labels, mask, has_mask)
@@ -265,8 +260,8 @@ class Predictor:
             coords, labels = flatten_prompts(
                 None if coords_t is None else coords_t[sl], None if labels_t is None else labels_t[sl],
                 None if boxes_t is None else boxes_t[sl], k, dev)
-            mask_in = torch.zeros((k, 1, *self.model.prompt_encoder.mask_input_size), device=dev)
-            low, iou = self.engine.decode(self.features, coords, labels, mask_in, torch.zeros(k, device=dev))
+            mask_in, has_mask = self._no_mask_prompt(None if boxes_t is None else boxes_t[sl], k, dev)
+            low, iou = self.engine.decode(self.features, coords, labels, mask_in, has_mask)
             best = iou[:, first:last].argmax(dim=1) + first
             rows = torch.arange(k, device=best.device)
             chosen = low[rows, best][:, None]
@@ -274,6 +269,16 @@ class Predictor:
             masks[sl] = up.cpu().numpy()
             scores[sl] = iou[rows, best].float().cpu().numpy()
         return masks, scores
+
+    def _no_mask_prompt(self, boxes: torch.Tensor | None, batch: int, dev: torch.device
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask input of prompts that bring none: zeros with has_mask 0, or, for a model trained
+        with the box mask prior, the box-shaped prior of each box with has_mask 1."""
+        size = self.model.prompt_encoder.mask_input_size
+        if boxes is not None and getattr(self.model, "box_mask_prior", False):
+            prior = box_prior_logits(boxes.to(dev, torch.float32), self.model.spec.prompt_size, size)
+            return prior, torch.ones(batch, device=dev)
+        return torch.zeros((batch, 1, *size), device=dev), torch.zeros(batch, device=dev)
 
     def _require_image(self) -> None:
         if not self.is_image_set:

@@ -228,6 +228,9 @@ def test_box_mask_prior_enters_as_the_mask_input_of_box_prompts():
     explicit = p.predict(box=box, mask_input=box_prior_logits(torch.as_tensor(frame), 1024)[0].numpy(),
                          return_logits=True)[2]
     assert not np.allclose(plain, with_prior) and np.allclose(with_prior, explicit, atol=1e-5)
+    # predict_best (the evaluation protocols) applies it too
+    best_single = p.predict_best(boxes=box[None], candidates="single")[0][0]
+    assert np.array_equal(best_single, p.predict(box=box, multimask_output=False)[0][0])
     points_only = p.predict(point_coords=np.array([[50, 50]]), point_labels=np.array([1]), return_logits=True)[2]
     model.box_mask_prior = False
     assert np.allclose(points_only, p.predict(point_coords=np.array([[50, 50]]), point_labels=np.array([1]),
