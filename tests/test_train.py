@@ -127,6 +127,11 @@ def test_resume_after_interruption_is_exact(tmp_path, teacher_file):
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 10  # 5 steps x 2 images, all distinct at epoch 0
     with pytest.raises(InputError, match="other settings"):
         train(config(tmp_path / "b", teacher_file, steps=5, batch_size=3, checkpoint_every=2), progress=False)
+    # a finished run can be extended: the schedule is recomputed, the first steps are kept
+    train(config(tmp_path / "b", teacher_file, steps=6, batch_size=2, checkpoint_every=2,
+                 teacher_cache=str(tmp_path / "cache")), progress=False)
+    assert torch.load(tmp_path / "b/run/checkpoints/last.pt", weights_only=True)["step"] == 6
+    assert losses(tmp_path / "b/run")[:5] == losses(tmp_path / "a/run")
 
 
 @needs_coco

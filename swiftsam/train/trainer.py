@@ -39,6 +39,9 @@ log = logging.getLogger("swiftsam.train")
 # settings a resumed run may change: they do not affect the weights
 FREE_TO_CHANGE = {"eval_every", "eval_images", "log_every", "checkpoint_every", "workers", "tensorboard",
                   "val_images", "val_annotations"}
+# settings a resumed run may change that reshape the rest of the run: the learning-rate schedule is recomputed
+# for the new length (a run can be shortened or extended); the change is logged
+RESCHEDULES = {"steps"}
 
 
 class Interrupted(Exception):
@@ -96,11 +99,16 @@ def _check_same_run(out: Path, config: TrainConfig) -> None:
         return
     before = json.loads(path.read_text())
     now = config.as_dict()
-    diff = sorted(k for k in set(before) | set(now) if k not in FREE_TO_CHANGE and before.get(k) != now.get(k))
+    free = FREE_TO_CHANGE | RESCHEDULES
+    diff = sorted(k for k in set(before) | set(now) if k not in free and before.get(k) != now.get(k))
     if diff:
         shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in diff[:4])
         raise InputError(f"{out} holds a run with other settings ({shown}); resume with the same settings, "
                          f"or choose another out folder.")
+    for k in sorted(RESCHEDULES):
+        if before.get(k) != now.get(k):
+            log.warning("resuming %s with %s %s -> %s: the learning-rate schedule is recomputed for the new length",
+                        out, k, before.get(k), now.get(k))
 
 
 class Metrics:
