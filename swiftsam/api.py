@@ -13,7 +13,7 @@ from .zoo import get_entry
 from .zoo.checkpoint import load_checkpoint, read_state_dict
 from .zoo.hub import cached_path, download
 
-DEFAULT_MODEL = "mobilesam"
+DEFAULT_MODEL = "swiftsam-r18"  # the project's own student: its weights ship with the package
 
 
 def build(name: str, **kwargs) -> Sam:
@@ -22,6 +22,7 @@ def build(name: str, **kwargs) -> Sam:
     model = entry.build(**kwargs)
     model.zoo_name = entry.name
     model.multimask_only = entry.multimask_only
+    model.box_mask_prior = entry.box_mask_prior
     return model.eval()
 
 
@@ -42,6 +43,12 @@ def load(
     Extra keyword arguments go to the model's builder (e.g. ``input_size=512`` for NanoSAM students).
     """
     entry = get_entry(name)
+    if checkpoint is None and entry.bundled is not None:  # the project's own models ship in the package
+        from .zoo.bundled import read_bundled
+
+        model = build(entry.name, **kwargs)
+        load_checkpoint(model, entry, read_bundled(entry.bundled), f"{entry.name} (bundled)")
+        return model.to(device) if device is not None else model
     if checkpoint is None:
         if entry.weights is None:
             raise CheckpointError(

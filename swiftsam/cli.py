@@ -20,6 +20,7 @@ from .predictor import Predictor
 from .utils import atomic_path
 from .visualize import label_image, overlay
 from .zoo import get_entry, list_models
+from .zoo.bundled import WEIGHTS_DIR
 from .zoo.hub import cached_path, download
 
 
@@ -50,6 +51,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         e = get_entry(name)
         cached = "-" if e.weights is None else ("yes" if cached_path(e.weights).exists() else "no")
         mb = "-" if e.weights is None or e.weights.size_mb is None else f"{e.weights.size_mb:.0f}"
+        if e.bundled is not None:
+            cached = "bundled"
+            mb = f"{sum((WEIGHTS_DIR / f).stat().st_size for f in e.bundled.files if (WEIGHTS_DIR / f).exists()) / 2**20:.0f}"
         default = " (default)" if name == DEFAULT_MODEL else ""
         rows.append((name + default, e.family, str(e.spec.input_size), mb, cached, e.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

@@ -25,14 +25,15 @@ EMBEDDING_FORMAT = "swiftsam-embedding/1"
 
 
 class Predictor:
-    def __init__(self, model: Sam | str, checkpoint: str | os.PathLike[str] | None = None,
+    def __init__(self, model: Sam | str | None = None, checkpoint: str | os.PathLike[str] | None = None,
                  device: str | torch.device | None = None, engine: str | Engine = "auto", **engine_options) -> None:
         """``engine``: auto | torch | onnxruntime | tensorrt (see ``swiftsam.engines``); ``engine_options``
-        go to it, e.g. ``dtype="bf16"`` for torch or ``threads=2`` for onnxruntime."""
-        if isinstance(model, str):
-            from .api import load
+        go to it, e.g. ``dtype="bf16"`` for torch or ``threads=2`` for onnxruntime. Without ``model``, the
+        default model (``swiftsam.DEFAULT_MODEL``, bundled: no download)."""
+        if model is None or isinstance(model, str):
+            from .api import DEFAULT_MODEL, load
 
-            model = load(model, checkpoint=checkpoint, device=device)
+            model = load(model or DEFAULT_MODEL, checkpoint=checkpoint, device=device)
         elif device is not None:
             model = model.to(device)
         self.model = model.eval()

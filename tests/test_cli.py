@@ -27,7 +27,7 @@ def checkpoint(tmp_path_factory):
 
 def test_segment_writes_mask_overlay_and_json(checkpoint, tmp_path, capsys):
     out, ov = tmp_path / "masks.png", tmp_path / "overlay.png"
-    rc = main(["segment", str(ASSET), "--checkpoint", str(checkpoint), "--box", "275,15,410,409",
+    rc = main(["segment", str(ASSET), "--model", "mobilesam", "--checkpoint", str(checkpoint), "--box", "275,15,410,409",
                "--box", "331,383,408,423", "--out", str(out), "--overlay", str(ov), "--json"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
@@ -44,7 +44,7 @@ def test_segment_writes_mask_overlay_and_json(checkpoint, tmp_path, capsys):
 
 def test_segment_with_points_single_object(checkpoint, tmp_path, capsys):
     out = tmp_path / "m.png"
-    assert main(["segment", str(ASSET), "--checkpoint", str(checkpoint), "--point", "340,200", "--point", "100,100,0",
+    assert main(["segment", str(ASSET), "--model", "mobilesam", "--checkpoint", str(checkpoint), "--point", "340,200", "--point", "100,100,0",
                  "--multimask", "--out", str(out)]) == 0
     assert "object 1: score" in capsys.readouterr().out
     assert set(np.unique(np.asarray(Image.open(out)))) <= {0, 255}
@@ -63,7 +63,7 @@ def test_segment_with_points_single_object(checkpoint, tmp_path, capsys):
 )
 def test_segment_errors_are_clear(checkpoint, args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(args[:2] + ["--checkpoint", str(checkpoint)] + args[2:]) == 2
+    assert main(args[:2] + ["--model", "mobilesam", "--checkpoint", str(checkpoint)] + args[2:]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
 
@@ -81,10 +81,13 @@ def test_models_and_download_commands(swiftsam_home):
     done = subprocess.run([sys.executable, "-m", "swiftsam", "models"], capture_output=True, text=True, check=True)
     lines = done.stdout.splitlines()
     assert lines[0].split()[:5] == ["name", "family", "input", "MB", "cached"]
-    assert any(line.startswith("mobilesam (default)") and " no " in line for line in lines)
+    assert any(line.startswith("mobilesam ") and " no " in line for line in lines)
+    assert any(line.startswith("swiftsam-r18 (default)") and " bundled " in line for line in lines)
     assert any(line.startswith("efficientvit-sam-l0") and " 512 " in line for line in lines)
     failed = subprocess.run([sys.executable, "-m", "swiftsam", "download", "nanosam-r18"], capture_output=True, text=True)
     assert failed.returncode == 2 and "no official PyTorch checkpoint" in failed.stderr
+    bundled = subprocess.run([sys.executable, "-m", "swiftsam", "download", "swiftsam"], capture_output=True, text=True)
+    assert bundled.returncode == 2 and "nothing to download" in bundled.stderr
 
 
 def test_export_then_segment_with_each_engine(checkpoint, tmp_path, capsys):
@@ -98,7 +101,7 @@ def test_export_then_segment_with_each_engine(checkpoint, tmp_path, capsys):
     labels = {}
     for engine in (["--engine", "torch"], ["--engine", "onnxruntime", "--onnx-dir", str(folder), "--threads", "1"]):
         out = tmp_path / f"{engine[1]}.png"
-        assert main(["segment", str(ASSET), "--checkpoint", str(checkpoint), "--box", "275,15,410,409",
+        assert main(["segment", str(ASSET), "--model", "mobilesam", "--checkpoint", str(checkpoint), "--box", "275,15,410,409",
                      "--out", str(out), *engine]) == 0
         labels[engine[1]] = np.asarray(Image.open(out)) > 0
     a, b = labels["torch"], labels["onnxruntime"]
@@ -121,6 +124,7 @@ def test_export_then_segment_with_each_engine(checkpoint, tmp_path, capsys):
 )
 def test_export_and_engine_errors_are_clear(checkpoint, args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(args[:2] + ["--checkpoint", str(checkpoint)] + args[2:]) == 2
+    model = [] if args[0] == "export" else ["--model", "mobilesam"]  # export names its model itself
+    assert main(args[:2] + [*model, "--checkpoint", str(checkpoint)] + args[2:]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "o" / "encoder.onnx").exists()

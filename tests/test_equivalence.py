@@ -45,7 +45,7 @@ def test_state_dict_keys_and_shapes_match_reference(name):
 
 # (name, reduced-depth kwargs for ours, kwargs for the reference)
 NUMERIC_CASES = [
-    ("sam-vit-b", {}, {}),
+    ("sam-vit-b", {"depth": 4}, {"depth": 4}),
     ("sam-vit-l", {"depth": 3}, {"depth": 3}),
     ("sam-vit-h", {"depth": 2}, {"depth": 2}),
     ("mobilesam", {}, {}),

@@ -222,3 +222,19 @@ def test_amp_accumulation_and_cosine_schedule(tmp_path, teacher_file):
     # the rate each step used: 1 warm-up step (1/1 of the peak), then a cosine over the remaining 2 steps
     assert lrs == pytest.approx([1e-3, 1e-3, 0.5e-3], abs=1e-9)
     assert info["data"]["images_seen"] == 3 * 2 * 2 and math.isfinite(info["final_loss"])
+
+
+def test_init_from_teacher_copies_the_shared_layers(tmp_path, teacher_file):
+    from swiftsam.train.recipes import DistillEncoder
+
+    cfg = config(tmp_path, teacher_file, init_from_teacher=True)
+    recipe = DistillEncoder(cfg, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))
+    t, s = recipe.teacher.image_encoder.state_dict(), recipe.student.image_encoder.state_dict()
+    # ResNet18's blocks are ResNet34's first two of each stage; the neck is the same
+    for key in ("trunk.conv1.weight", "trunk.layer3.1.conv2.weight", "up.0.weight", "proj.0.weight"):
+        assert torch.equal(s[key], t[key]), key
+    assert sum(torch.equal(v, t[k]) for k, v in s.items() if k in t) == len(s)
+    fresh = DistillEncoder(config(tmp_path, teacher_file), torch.device("cpu"), lambda: None)
+    assert not torch.equal(fresh.student.image_encoder.state_dict()["trunk.conv1.weight"], t["trunk.conv1.weight"])
+    with pytest.raises(InputError, match="init_from_teacher needs a teacher"):
+        config(tmp_path, None, recipe="train-masks", teacher=None, init_from_teacher=True, **coco()).validate()

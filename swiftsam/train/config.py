@@ -77,6 +77,10 @@ class TrainConfig:
     mask_weight: float = 1.0
     embedding_weight: float = 1.0
     freeze: list[str] = field(default_factory=list)  # train-masks: parts kept frozen
+    # distillation: the student's image encoder starts from every teacher tensor with the same name and shape
+    # (a ResNet34 teacher gives a ResNet18 student its stem, the first two blocks of each stage and the neck:
+    # our stand-in for NanoSAM's ImageNet initialisation, which cannot be downloaded here)
+    init_from_teacher: bool = False
     # train-masks: SAM's mask loss weights (focal:dice 20:1); from scratch a lower focal weight avoids the
     # all-background solution that a 20x focal term (alpha 0.25) makes cheap
     focal_weight: float = 20.0
@@ -116,6 +120,8 @@ class TrainConfig:
             get_entry(self.teacher.name)
         need(self.recipe == "train-masks" or self.teacher is not None,
              f"{self.recipe} needs a teacher (teacher: mobilesam).")
+        need(not self.init_from_teacher or self.teacher is not None,
+             "init_from_teacher needs a teacher (teacher: NAME).")
         need(self.images is not None, "give the training images (images: FOLDER).")
         need(self.recipe == "distill-encoder" or self.annotations is not None,
              f"{self.recipe} needs COCO-format annotations (annotations: instances.json).")

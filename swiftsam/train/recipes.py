@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -30,6 +31,8 @@ from .data import CocoObjects, DistillImages
 from .losses import embedding_loss, mask_iou, sam_mask_loss
 from ..prompts import box_prior_logits
 from .prompts import as_generator, error_clicks, first_prompts, low_res_targets
+
+log = logging.getLogger("swiftsam.train")
 
 
 def load_model(spec, default_checkpoint: str, device: torch.device) -> Sam:
@@ -53,6 +56,14 @@ def _copy_if_compatible(src: nn.Module, dst: nn.Module) -> bool:
     return True
 
 
+def _copy_matching(src: nn.Module, dst: nn.Module) -> int:
+    """Copy every tensor of ``src`` whose name and shape ``dst`` shares; returns how many."""
+    a, b = src.state_dict(), dst.state_dict()
+    same = {k: v for k, v in a.items() if k in b and b[k].shape == v.shape}
+    dst.load_state_dict(same, strict=False)
+    return len(same)
+
+
 def _freeze(module: nn.Module) -> None:
     module.eval()
     for p in module.parameters():
@@ -74,6 +85,10 @@ class Recipe:
             # NanoSAM / TinySAM: the student starts from (and here keeps) the teacher's prompt side
             ok = _copy_if_compatible(self.teacher.prompt_encoder, self.student.prompt_encoder)
             self.decoder_from_teacher = ok and _copy_if_compatible(self.teacher.mask_decoder, self.student.mask_decoder)
+        if self.teacher is not None and config.init_from_teacher:
+            copied = _copy_matching(self.teacher.image_encoder, self.student.image_encoder)
+            log.info("student image encoder: %d of %d tensors start from the teacher's", copied,
+                     len(self.student.image_encoder.state_dict()))
         if config.quantize == "qat":
             from ..quant.layers import quant_layers
             from ..quant.ptq import prepare

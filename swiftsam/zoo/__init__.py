@@ -3,9 +3,11 @@
 from . import models as _models  # noqa: F401  (registers the entries)
 from .checkpoint import load_checkpoint, read_state_dict
 from .hub import cache_dir, cached_path, download
-from .registry import ModelEntry, Weights, get_entry, list_models, register
+from .bundled import read_bundled, write_fp16
+from .registry import Bundled, ModelEntry, Weights, get_entry, list_models, register
 
 __all__ = [
+    "Bundled",
     "ModelEntry",
     "Weights",
     "cache_dir",
@@ -14,6 +16,8 @@ __all__ = [
     "get_entry",
     "list_models",
     "load_checkpoint",
+    "read_bundled",
     "read_state_dict",
     "register",
+    "write_fp16",
 ]

@@ -67,6 +67,8 @@ def _fetch(url: str, dest: Path, progress: bool, timeout: float) -> str:
 def download(entry: ModelEntry, progress: bool = True, timeout: float = 30.0, force: bool = False) -> Path:
     """Return the cached checkpoint of ``entry``, downloading and verifying it first if needed."""
     w = entry.weights
+    if w is None and entry.bundled is not None:
+        raise DownloadError(f"{entry.name} ships with swiftsam (swiftsam/weights/): there is nothing to download.")
     if w is None:
         raise DownloadError(
             f"{entry.name} has no official PyTorch checkpoint to download. Train one "

@@ -10,7 +10,7 @@ from ..modeling.encoders import (
     build_efficientvit_sam_encoder,
 )
 from ..modeling.sam import ImageSpec, Sam, build_sam
-from .registry import ModelEntry, Weights, register
+from .registry import Bundled, ModelEntry, Weights, register
 
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 EVIT_URL = "https://huggingface.co/mit-han-lab/efficientvit-sam/resolve/main/"
@@ -146,4 +146,26 @@ for depth in ("18", "34", "50"):
         spec=ImageSpec(),
         description=f"NanoSAM-style ResNet{depth} student + SAM decoder (train with swiftsam; no official .pt)",
         aliases=(f"resnet{depth}",),
+    ))
+
+# The project's own models (docs/models.md): a ResNet34 SAM trained from scratch on the shared open data
+# (train-masks, box prompts with a box-shaped mask prior), and a ResNet18 encoder distilled from it
+# NanoSAM-style, which keeps the teacher's prompt encoder and mask decoder. fp16 weights ship in the package.
+_OWN_SHA = {
+    "swiftsam-decoder.fp16.pt": "TODO",
+    "swiftsam-r18-encoder.fp16.pt": "TODO",
+    "swiftsam-r34-encoder.fp16.pt": "TODO",
+}
+for depth, role, aliases in (("18", "student, the default model", ("swiftsam", "swiftsam-student")),
+                             ("34", "teacher", ("swiftsam-teacher",))):
+    files = (f"swiftsam-r{depth}-encoder.fp16.pt", "swiftsam-decoder.fp16.pt")
+    register(ModelEntry(
+        name=f"swiftsam-r{depth}",
+        family="swiftsam",
+        builder=lambda input_size=512, _d=depth: _nanosam(f"resnet{_d}", input_size),
+        spec=ImageSpec(input_size=512),
+        description=f"swiftsam's own ResNet{depth} SAM at 512 px ({role}; trained on open data, bundled)",
+        bundled=Bundled(files, tuple(_OWN_SHA[f] for f in files)),
+        box_mask_prior=True,
+        aliases=aliases,
     ))

@@ -20,6 +20,21 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class Bundled:
+    """Weights that ship inside the package (``swiftsam/weights/``): loaded without a download.
+
+    A model's state dict is the union of its files (models that share a part, e.g. a distilled student
+    and its teacher's mask decoder, share that file)."""
+
+    files: tuple[str, ...]
+    sha256: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.files) != len(self.sha256):
+            raise ValueError("Bundled: one sha256 per file")
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     family: str
@@ -34,6 +49,10 @@ class ModelEntry:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     # reads a checkpoint that is not a state dict (Q-TinySAM's pickled module) into a ready model
     loader: Callable[[str], Sam] | None = None
+    # weights kept in the package (the project's own models), instead of an official download
+    bundled: Bundled | None = None
+    # trained with box prompts also given as box-shaped mask inputs (TrainConfig.box_mask_prior)
+    box_mask_prior: bool = False
 
     def build(self, **kwargs) -> Sam:
         """A model with freshly initialised weights."""
