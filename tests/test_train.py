@@ -132,6 +132,15 @@ def test_resume_after_interruption_is_exact(tmp_path, teacher_file):
                  teacher_cache=str(tmp_path / "cache")), progress=False)
     assert torch.load(tmp_path / "b/run/checkpoints/last.pt", weights_only=True)["step"] == 6
     assert losses(tmp_path / "b/run")[:5] == losses(tmp_path / "a/run")
+    # a run started before a setting existed resumes when that setting is at its default
+    saved = json.loads((tmp_path / "b/run/config.json").read_text())
+    del saved["init_from_teacher"]
+    (tmp_path / "b/run/config.json").write_text(json.dumps(saved))
+    train(config(tmp_path / "b", teacher_file, steps=6, batch_size=2, checkpoint_every=2,
+                 teacher_cache=str(tmp_path / "cache")), progress=False)
+    with pytest.raises(InputError, match="init_from_teacher"):
+        train(config(tmp_path / "b", teacher_file, steps=6, batch_size=2, checkpoint_every=2, init_from_teacher=True,
+                     teacher_cache=str(tmp_path / "cache")), progress=False)
 
 
 @needs_coco

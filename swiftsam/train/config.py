@@ -152,6 +152,20 @@ class TrainConfig:
         for path in (self.annotations, self.val_annotations):
             need(path is None or Path(path).is_file(), f"annotation file not found: {path}")
 
+    @classmethod
+    def defaults(cls) -> dict:
+        """The settings that have a default, as ``as_dict`` writes them."""
+        import json
+        from dataclasses import MISSING
+
+        out = {}
+        for f in fields(cls):
+            if f.default is not MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                out[f.name] = f.default_factory()
+        return json.loads(json.dumps(out))
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["crop_scale"], d["crop_ratio"] = list(self.crop_scale), list(self.crop_ratio)

@@ -100,6 +100,9 @@ def _check_same_run(out: Path, config: TrainConfig) -> None:
     before = json.loads(path.read_text())
     now = config.as_dict()
     free = FREE_TO_CHANGE | RESCHEDULES
+    # a setting added to swiftsam after the run started was, in effect, at its default
+    defaults = TrainConfig.defaults()
+    before = {**{k: v for k, v in defaults.items() if k not in before}, **before}
     diff = sorted(k for k in set(before) | set(now) if k not in free and before.get(k) != now.get(k))
     if diff:
         shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in diff[:4])
