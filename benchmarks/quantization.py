@@ -7,8 +7,9 @@ For each model: export the float graphs, quantize the encoder with `swiftsam qua
 path (QDQ, per-channel int8 weights, uint8 activations, min-max calibration on coco-mini *train*
 images), time both encoders (median of --runs calls, batch 1, after warm-up) and segment the
 coco-mini *val* ground-truth boxes with both (float decoder in both): mIoU between the masks.
-Without --checkpoint a model has seeded random weights (tests.conftest.randomize_), which is all this
-machine has; the numbers then say how int8 treats that network, not a trained one.
+Without --checkpoint a model has seeded random weights (tests.conftest.randomize_), except the project's
+own bundled models (swiftsam-r18, swiftsam-r34: trained weights, docs/models.md); random weights say how
+int8 treats that network, not a trained one.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def main() -> None:
         kwargs = {"input_size": sizes[name]} if name in sizes else {}
         if name in checkpoints:
             model, weights = swiftsam.load(name, checkpoint=checkpoints[name], **kwargs), checkpoints[name]
+        elif swiftsam.get_entry(name).bundled is not None:  # the project's own trained models
+            model, weights = swiftsam.load(name, **kwargs), "bundled (trained, docs/models.md)"
         else:
             model, weights = randomize_(swiftsam.build(name, **kwargs), seed=0), "random (seed 0)"
         with tempfile.TemporaryDirectory() as tmp:

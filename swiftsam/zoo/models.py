@@ -152,9 +152,9 @@ for depth in ("18", "34", "50"):
 # (train-masks, box prompts with a box-shaped mask prior), and a ResNet18 encoder distilled from it
 # NanoSAM-style, which keeps the teacher's prompt encoder and mask decoder. fp16 weights ship in the package.
 _OWN_SHA = {
-    "swiftsam-decoder.fp16.pt": "TODO",
-    "swiftsam-r18-encoder.fp16.pt": "TODO",
-    "swiftsam-r34-encoder.fp16.pt": "TODO",
+    "swiftsam-decoder.fp16.pt": "4fb600b4c4ea77dd8f77a03d4ba604cc61350b5b4059ca4276dae296b3176aa5",
+    "swiftsam-r18-encoder.fp16.pt": "b66c09bde3e960de0f0bea0e74cff8da3145e5b2b4e94b94b0c3dd54107bbb51",
+    "swiftsam-r34-encoder.fp16.pt": "026f8b4e449d16313f46a2d4656a6d9fc2761251dc4b4422384ec6089dcec29c",
 }
 for depth, role, aliases in (("18", "student, the default model", ("swiftsam", "swiftsam-student")),
                              ("34", "teacher", ("swiftsam-teacher",))):
