@@ -38,14 +38,15 @@ def test_bundled_files_round_trip_and_are_checked(tmp_path):
         read_bundled(Bundled(("enc.pt", "enc.pt"), (sha_enc, sha_enc)), tmp_path)
 
 
-@pytest.mark.parametrize("name", ["swiftsam-r18", "swiftsam-r34"])
-def test_shipped_models_load_without_download(name, monkeypatch):
+@pytest.mark.parametrize("name,size", [("swiftsam-r18", 256), ("swiftsam-r34", 512)])
+def test_shipped_models_load_without_download(name, size, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("a bundled model must not download")
 
     monkeypatch.setattr("swiftsam.zoo.hub.urllib.request.urlopen", no_network)
     model = swiftsam.load(name)
-    assert model.box_mask_prior and model.spec.input_size == 512
+    assert model.box_mask_prior and model.spec.input_size == size
+    assert swiftsam.load(name, input_size=384).spec.input_size == 384  # convolutional: any multiple of 32
     assert next(model.parameters()).dtype == torch.float32
     # the student keeps its teacher's prompt encoder and mask decoder: one shared file
     assert get_entry(name).bundled.files[-1] == "swiftsam-decoder.fp16.pt"
