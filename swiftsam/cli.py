@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -177,9 +178,14 @@ def cmd_eval_coco(args: argparse.Namespace) -> int:
         segmenter, name, settings = BASELINES[args.baseline](), args.baseline, {}
     else:
         name = args.model or DEFAULT_MODEL
-        predictor = Predictor(load(name, checkpoint=args.checkpoint), engine=args.engine, **engine_options(args))
+        size = {"input_size": args.input_size} if args.input_size else {}
+        if size and "input_size" not in inspect.signature(get_entry(name).builder).parameters:
+            raise InputError(f"{name} has a fixed input size; drop --input-size.")
+        model = load(name, checkpoint=args.checkpoint, **size)
+        predictor = Predictor(model, engine=args.engine, **engine_options(args))
         segmenter = PredictorSegmenter(predictor)
-        settings = {"checkpoint": str(args.checkpoint) if args.checkpoint else None, "engine": predictor.engine.describe()}
+        settings = {"checkpoint": str(args.checkpoint) if args.checkpoint else None, "engine": predictor.engine.describe(),
+                    **size}
     out = args.out or f"out/eval/{name}-{args.protocol}"
     summary = evaluate_coco(
         dataset, segmenter, out, args.protocol, variant=args.variant, clicks=args.clicks, detections=detections,
@@ -473,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--annotations", required=True, help="instances JSON")
     c.add_argument("--model", help=f"zoo model (default {DEFAULT_MODEL})")
     c.add_argument("--checkpoint", help="local checkpoint instead of the official download")
+    c.add_argument("--input-size", type=int,
+                   help="run the model at this input size (models built for several, e.g. swiftsam-r18, nanosam-*)")
     c.add_argument("--baseline", choices=["box-fill", "grabcut", "oracle"], help="a baseline instead of a model")
     c.add_argument("--protocol", choices=["box", "point", "detections"], default="box")
     c.add_argument("--variant", choices=["nanosam", "efficientvit"], default="nanosam",

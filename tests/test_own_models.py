@@ -73,3 +73,18 @@ def test_shipped_student_beats_the_box_on_real_objects():
             ious[name] += [r["iou"] for r in box_rows(data, seg, image_id, "nanosam")]
     assert len(ious["student"]) >= 40
     assert np.mean(ious["student"]) > np.mean(ious["box"]) + 0.03, {k: np.mean(v) for k, v in ious.items()}
+
+
+@pytest.mark.skipif(not (VAL / "val2017").is_dir(), reason="needs ../shared/data/coco-mini")
+def test_eval_cli_runs_the_default_model_at_another_input_size(tmp_path, capsys):
+    from swiftsam.cli import main
+
+    common = ["eval", "coco", "--images", str(VAL / "val2017"), "--annotations",
+              str(VAL / "annotations/instances_val2017.json"), "--limit", "1"]
+    assert main([*common, "--input-size", "320", "--out", str(tmp_path / "a")]) == 0
+    import json
+
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["config"]["input_size"] == 320 and summary["config"]["model"] == "swiftsam-r18"
+    assert main([*common, "--model", "mobilesam", "--input-size", "320", "--out", str(tmp_path / "b")]) == 2
+    assert "fixed input size" in capsys.readouterr().err
