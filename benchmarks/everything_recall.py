@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 import swiftsam  # noqa: E402
 from swiftsam.eval.dataset import CocoImages  # noqa: E402
-from swiftsam.everything import MaskGenerator  # noqa: E402
+from swiftsam.everything import SAM_DEFAULTS, MaskGenerator  # noqa: E402
 from swiftsam.image_io import load_image  # noqa: E402
 from swiftsam.utils import atomic_path  # noqa: E402
 
@@ -50,10 +50,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="swiftsam-r18")
     ap.add_argument("--images", type=int, default=20)
-    ap.add_argument("--points-per-side", type=int, default=32)
-    ap.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    ap.add_argument("--stability-score-thresh", type=float, default=0.95)
-    ap.add_argument("--high-score-thresh", type=float, default=8.5)
+    # unset: the model's calibrated defaults (swiftsam/zoo/models.py), else SAM's
+    ap.add_argument("--points-per-side", type=int)
+    ap.add_argument("--pred-iou-thresh", type=float)
+    ap.add_argument("--stability-score-thresh", type=float)
+    ap.add_argument("--stability-score-offset", type=float)
+    ap.add_argument("--high-score-thresh", type=float)
     ap.add_argument("--min-area", type=float, default=0.0)
     ap.add_argument("--engine", default="torch")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "everything_recall.json"))
@@ -61,7 +63,8 @@ def main() -> None:
     data = CocoImages(VAL / "val2017", VAL / "annotations" / "instances_val2017.json")
     model = swiftsam.load(args.model)
     common = dict(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
-                  stability_score_thresh=args.stability_score_thresh, engine=args.engine)
+                  stability_score_thresh=args.stability_score_thresh,
+                  stability_score_offset=args.stability_score_offset, engine=args.engine)
     gens = {"grid": MaskGenerator(model, strategy="grid", **common),
             "hierarchical": MaskGenerator(model, strategy="hierarchical", high_score_thresh=args.high_score_thresh,
                                           **common)}
@@ -92,7 +95,8 @@ def main() -> None:
     result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                          f"torch {torch.__version__}",
               "command": "python " + " ".join(sys.argv), "model": args.model, "images": len(ids),
-              "settings": {**common, "high_score_thresh": args.high_score_thresh, "min_area": args.min_area},
+              "settings": {**common, **{k: getattr(gens["hierarchical"], k) for k in SAM_DEFAULTS},
+                           "min_area": args.min_area},
               "rows": rows}
     with atomic_path(Path(args.out)) as tmp:
         tmp.write_text(json.dumps(result, indent=2))

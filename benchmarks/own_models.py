@@ -62,7 +62,8 @@ def size_miou(model: swiftsam.Sam, data: CocoImages, n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", help="teacher checkpoint (default: the bundled swiftsam-r34)")
+    ap.add_argument("--teacher", required=True,
+                    help="teacher checkpoint (python scripts/restore_teacher.py --out swiftsam-r34.pt)")
     ap.add_argument("--student", help="student checkpoint (default: the bundled swiftsam-r18)")
     ap.add_argument("--sizes", default="384,512,640")
     ap.add_argument("--size-images", type=int, default=30)

@@ -1,7 +1,10 @@
-"""Write the project's own models into the package as fp16 files (swiftsam/weights/) and record their
-sha256 in swiftsam/zoo/models.py. Run after training the teacher and distilling the student:
+"""Write the project's own student into the package as fp16 files (swiftsam/weights/) and record their sha256
+in swiftsam/zoo/models.py. Run after training or fine-tuning the student:
 
-    python scripts/ship_own_models.py --teacher out/models/teacher/model.pt --student out/models/r18/model.pt
+    python scripts/ship_own_models.py --student out/models/r18/model.pt
+
+Its encoder goes to swiftsam-r18-encoder.fp16.pt and its prompt encoder + mask decoder to
+swiftsam-decoder.fp16.pt. The teacher (swiftsam-r34) is not bundled (scripts/restore_teacher.py).
 """
 
 from __future__ import annotations
@@ -10,36 +13,24 @@ import argparse
 import re
 from pathlib import Path
 
-import torch
-
 from swiftsam.zoo import read_state_dict, write_fp16
 from swiftsam.zoo.bundled import WEIGHTS_DIR
 
 MODELS = Path(__file__).resolve().parents[1] / "swiftsam" / "zoo" / "models.py"
-PROMPT_SIDE = ("prompt_encoder.", "mask_decoder.")
+PARTS = {"swiftsam-r18-encoder.fp16.pt": ("image_encoder.",),
+         "swiftsam-decoder.fp16.pt": ("prompt_encoder.", "mask_decoder.")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", required=True)
-    ap.add_argument("--student", required=True)
+    ap.add_argument("--student", required=True, help="the student's checkpoint (a swiftsam-r18 state dict)")
     args = ap.parse_args()
-    teacher, student = read_state_dict(args.teacher), read_state_dict(args.student)
-    differ = [k for k in teacher if k.startswith(PROMPT_SIDE) and not torch.equal(teacher[k], student[k])]
-    if differ:
-        raise SystemExit(f"the student's prompt side is not the teacher's ({differ[:3]}): was it distilled "
-                         f"with distill-encoder from this teacher?")
+    student = read_state_dict(args.student)
     WEIGHTS_DIR.mkdir(exist_ok=True)
-    shas = {
-        "swiftsam-decoder.fp16.pt": write_fp16(teacher, WEIGHTS_DIR / "swiftsam-decoder.fp16.pt", PROMPT_SIDE),
-        "swiftsam-r34-encoder.fp16.pt": write_fp16(teacher, WEIGHTS_DIR / "swiftsam-r34-encoder.fp16.pt",
-                                                   ("image_encoder.",)),
-        "swiftsam-r18-encoder.fp16.pt": write_fp16(student, WEIGHTS_DIR / "swiftsam-r18-encoder.fp16.pt",
-                                                   ("image_encoder.",)),
-    }
+    shas = {name: write_fp16(student, WEIGHTS_DIR / name, prefixes) for name, prefixes in PARTS.items()}
     text = MODELS.read_text()
     for name, sha in shas.items():
-        text, n = re.subn(rf'("{re.escape(name)}": )"[0-9a-fA-FTOD]+"', rf'\1"{sha}"', text)
+        text, n = re.subn(rf'("{re.escape(name)}": )"[0-9a-fA-F]+"', rf'\1"{sha}"', text)
         if n != 1:
             raise SystemExit(f"{MODELS} has no _OWN_SHA line for {name}")
     MODELS.write_text(text)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+import numbers
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, DownloadError
+from .errors import CheckpointError, DownloadError, InputError
 from .modeling.sam import Sam
 from .zoo import get_entry
-from .zoo.checkpoint import load_checkpoint, read_state_dict
+from .zoo.checkpoint import load_checkpoint, read_checkpoint
 from .zoo.hub import cached_path, download
 
 DEFAULT_MODEL = "swiftsam-r18"  # the project's own student: its weights ship with the package
@@ -19,10 +22,19 @@ DEFAULT_MODEL = "swiftsam-r18"  # the project's own student: its weights ship wi
 def build(name: str, **kwargs) -> Sam:
     """A zoo model with freshly initialised (random) weights, in eval mode."""
     entry = get_entry(name)
-    model = entry.build(**kwargs)
+    size = kwargs.get("input_size")
+    if size is not None and "input_size" not in inspect.signature(entry.builder).parameters:
+        raise InputError(f"{entry.name} has a fixed input size ({entry.spec.input_size} px); drop input_size.")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1):
+        raise InputError(f"input_size must be a positive number of pixels, e.g. {entry.spec.input_size}; got {size!r}.")
+    try:
+        model = entry.build(**kwargs)
+    except ValueError as e:  # the builder's own check of its settings (e.g. a size the encoder cannot take)
+        raise InputError(f"{entry.name} cannot be built with {kwargs}: {e}.") from None
     model.zoo_name = entry.name
     model.multimask_only = entry.multimask_only
     model.box_mask_prior = entry.box_mask_prior
+    model.everything_defaults = dict(entry.everything or {})  # MaskGenerator's defaults for this model
     return model.eval()
 
 
@@ -34,6 +46,7 @@ def load(
     allow_download: bool = True,
     allow_pickle: bool = False,
     progress: bool = True,
+    box_mask_prior: bool | None = None,
     **kwargs,
 ) -> Sam:
     """Load zoo model ``name`` with its official checkpoint (downloaded and verified on first use)
@@ -41,19 +54,30 @@ def load(
 
     ``allow_pickle=True`` reads checkpoints that contain pickled objects; use it only for files you trust.
     Extra keyword arguments go to the model's builder (e.g. ``input_size=512`` for NanoSAM students).
+
+    Checkpoints swiftsam writes (``swiftsam train``'s model.pt, ``quantize --backend torch``) record the zoo name,
+    input size and box mask prior they were trained with: the model runs with those unless the caller passes
+    ``input_size`` / ``box_mask_prior``. Weights recorded for another zoo model with the same architecture load
+    with a warning naming both; for another architecture the error says which name to use. Plain state dicts
+    (the authors' checkpoints) load with the entry's settings.
     """
     entry = get_entry(name)
+    if "input_size" in kwargs and kwargs["input_size"] is None:  # None: not chosen (the recorded or default size)
+        del kwargs["input_size"]
     if checkpoint is None and entry.bundled is not None:  # the project's own models ship in the package
         from .zoo.bundled import read_bundled
 
         model = build(entry.name, **kwargs)
         load_checkpoint(model, entry, read_bundled(entry.bundled), f"{entry.name} (bundled)")
+        model.weights_source = f"{entry.name} (bundled)"
+        if box_mask_prior is not None:
+            model.box_mask_prior = box_mask_prior
         return model.to(device) if device is not None else model
     if checkpoint is None:
         if entry.weights is None:
+            how = entry.weights_note or "e.g. a student trained with swiftsam"
             raise CheckpointError(
-                f"{entry.name} has no official checkpoint. Pass checkpoint=PATH (or --checkpoint PATH), "
-                f"e.g. a student trained with swiftsam."
+                f"{entry.name} has no official checkpoint. Pass checkpoint=PATH (or --checkpoint PATH); {how}."
             )
         if allow_download:
             path = download(entry, progress=progress)
@@ -66,11 +90,33 @@ def load(
     if entry.loader is not None:  # a format of its own, read by a restricted loader
         model = entry.loader(str(path))
         model.multimask_only = entry.multimask_only
+        model.weights_source = str(path)
+        model.everything_defaults = dict(entry.everything or {})
         return model.to(device) if device is not None else model
-    state = read_state_dict(path, weights_only=not allow_pickle)
+    state, meta = read_checkpoint(path, weights_only=not allow_pickle)
+    recorded = meta.get("model")
+    if meta.get("input_size") and "input_size" not in kwargs and "input_size" in inspect.signature(entry.builder).parameters:
+        kwargs["input_size"] = int(meta["input_size"])  # the size it was trained at, unless the caller says otherwise
     model = build(entry.name, **kwargs)
     from .quant.ptq import prepare_for_state
 
     prepare_for_state(model, state)  # a swiftsam W8A8 checkpoint: quantized layers come back with their scales
-    load_checkpoint(model, entry, state, str(path))
+    try:
+        load_checkpoint(model, entry, state, str(path))
+    except CheckpointError as e:
+        if recorded and recorded != entry.name:
+            raise CheckpointError(f"{path} holds {recorded} weights (recorded when swiftsam saved it), which do not fit "
+                                  f"{entry.name}: load it as {recorded} (--model {recorded}).\n{e}") from None
+        raise
+    if "box_mask_prior" in meta:
+        model.box_mask_prior = bool(meta["box_mask_prior"])
+    if box_mask_prior is not None:
+        model.box_mask_prior = box_mask_prior
+    if recorded and recorded != entry.name:
+        warnings.warn(
+            f"{path} holds {recorded} weights (recorded when swiftsam saved it) but was loaded as {entry.name}: "
+            f"they share the architecture, so it runs as recorded (input size {model.spec.input_size}, "
+            f"box mask prior {'on' if model.box_mask_prior else 'off'}). Load it as {recorded} (--model {recorded}) "
+            f"to silence this warning.", UserWarning, stacklevel=2)
+    model.weights_source = str(path)
     return model.to(device) if device is not None else model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .api import DEFAULT_MODEL, load
@@ -18,8 +20,8 @@ from .errors import InputError, SwiftSamError
 from .export.onnx import OPSET, export_onnx
 from .image_io import load_image
 from .predictor import Predictor
-from .utils import atomic_path
-from .visualize import label_image, overlay
+from .utils import atomic_path, check_output_dir, check_output_file, write_error, writing
+from .visualize import MAX_LABELS, hidden_objects, label_image, overlay
 from .zoo import get_entry, list_models
 from .zoo.bundled import WEIGHTS_DIR
 from .zoo.hub import cached_path, download
@@ -76,12 +78,25 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputError("give at least one --point x,y[,label] or --box x0,y0,x1,y1.")
     if len(boxes) > 1 and points:
         raise InputError("with several --box prompts each box is one object; --point can only go with a single box.")
-    image = load_image(args.image)
-    predictor = Predictor(load(args.model, checkpoint=args.checkpoint), engine=args.engine, **engine_options(args))
+    if not args.out and not args.out_dir:
+        raise InputError("give --out FILE.png (one label PNG for all objects) and/or --out-dir DIR (one PNG per object).")
+    n = max(1, len(boxes))
+    if args.out and n > MAX_LABELS:
+        raise InputError(f"{n} objects do not fit one label PNG (at most {MAX_LABELS}): use --out-dir DIR instead of --out.")
+    # every output is checked before the model runs: a bad path fails at once, not after the work
+    for path, what in ((args.out, "--out"), (args.overlay, "--overlay")):
+        if path:
+            check_output_file(path, what)
+    if args.out and args.overlay and Path(args.out).resolve() == Path(args.overlay).resolve():
+        raise InputError("--out and --overlay name the same file: give each its own name.")
+    if args.out_dir:
+        check_output_dir(args.out_dir)
+    image = load_image(args.image, max_pixels=args.max_pixels)
+    model = load(args.model, checkpoint=args.checkpoint, **input_size_option(args, args.model))
+    predictor = Predictor(model, engine=args.engine, **engine_options(args))
     predictor.set_image(image)
     coords = np.array([p[:2] for p in points]) if points else None
     labels = np.array([p[2] for p in points]) if points else None
-    n = max(1, len(boxes))
     masks, scores, _ = predictor.predict_batch(
         point_coords=None if coords is None else coords[None],
         point_labels=None if labels is None else labels[None],
@@ -90,11 +105,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
     best = scores.argmax(axis=1)  # with --multimask keep the mask the model rates best
     chosen = masks[np.arange(n), best]
-    with atomic_path(args.out) as tmp:
-        Image.fromarray(label_image(chosen)).save(tmp, format="PNG")
-    if args.overlay:
-        with atomic_path(args.overlay) as tmp:
-            overlay(image, chosen, [tuple(p) for p in points], [tuple(b) for b in boxes]).save(tmp, format="PNG")
+    label_png = label_image(chosen) if args.out else None
+    files = _write_segment_outputs(args, image, chosen, label_png, points, boxes)
+    if label_png is not None:
+        if label_png.dtype != np.uint8:
+            print(f"swiftsam: note: {n} objects do not fit 8 bits: {args.out} is a 16-bit label PNG.", file=sys.stderr)
+        lost, hidden = hidden_objects(chosen, label_png)
+        if lost:
+            whole = ("the PNGs in --out-dir hold them whole" if args.out_dir
+                     else "use --out-dir DIR for one PNG per object")
+            print(f"swiftsam: warning: {lost} of {n} objects lost pixels to later overlapping objects in {args.out}"
+                  f"{f' ({hidden} entirely hidden)' if hidden else ''}: a pixel holds the last object covering it; "
+                  f"{whole}.", file=sys.stderr)
     if args.json:
         objects = []
         for k in range(n):
@@ -103,13 +125,45 @@ def cmd_segment(args: argparse.Namespace) -> int:
             objects.append({
                 "id": k + 1, "score": float(scores[k, best[k]]), "area": int(chosen[k].sum()), "bbox_xywh": bbox,
                 "box": boxes[k] if boxes else None, "points": points,
+                **({"file": str(files[k])} if files else {}),
             })
-        print(json.dumps({"image": str(args.image), "model": args.model, "masks": str(args.out), "objects": objects}, indent=2))
+        print(json.dumps({"image": str(args.image), "model": args.model, "masks": str(args.out) if args.out else None,
+                          "mask_dir": str(args.out_dir) if args.out_dir else None, "objects": objects}, indent=2))
     else:
         for k in range(n):
             print(f"object {k + 1}: score {scores[k, best[k]]:.3f}, area {int(chosen[k].sum())} px")
-        print(f"wrote {args.out}" + (f" and {args.overlay}" if args.overlay else ""))
+        wrote = [str(p) for p in (args.out, args.overlay) if p] + ([f"{len(files)} PNG(s) in {args.out_dir}"] if files else [])
+        print("wrote " + ", ".join(wrote))
     return 0
+
+
+def _write_segment_outputs(args: argparse.Namespace, image: np.ndarray, chosen: np.ndarray, label_png: np.ndarray | None,
+                           points: list, boxes: list) -> list[Path]:
+    """Write the label PNG, the overlay and the per-object PNGs as one: each is written to a temporary first
+    and they replace their targets only once all are written, so a failure (full disk...) leaves none of them
+    half-done, and never the masks without the overlay. Returns the per-object files."""
+    per_object = []
+    if args.out_dir:
+        width = max(3, len(str(len(chosen))))
+        per_object = [Path(args.out_dir) / f"mask_{k:0{width}d}.png" for k in range(1, len(chosen) + 1)]
+    jobs = []  # (path, option, image maker): made one at a time, so many objects never sit in memory together
+    if label_png is not None:
+        jobs.append((args.out, "--out", lambda: Image.fromarray(label_png)))
+    if args.overlay:
+        jobs.append((args.overlay, "--overlay",
+                     lambda: overlay(image, chosen, [tuple(p) for p in points], [tuple(b) for b in boxes])))
+    for path, mask in zip(per_object, chosen):
+        jobs.append((path, "--out-dir", lambda m=mask: Image.fromarray(m.astype(np.uint8) * 255)))
+    where, what = (args.out or args.out_dir), "output"
+    try:
+        with contextlib.ExitStack() as stack:
+            for path, what, make in jobs:
+                where = path
+                make().save(stack.enter_context(atomic_path(path)), format="PNG")
+            where, what = ", ".join(str(p) for p in (args.out, args.overlay, args.out_dir) if p), "outputs"
+    except OSError as e:
+        raise write_error(where, e, what) from None
+    return per_object
 
 
 def engine_options(args: argparse.Namespace) -> dict:
@@ -131,6 +185,52 @@ def engine_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _max_pixels(text: str) -> int | str | None:
+    if text == "pil":  # the default: PIL's limit
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--max-pixels must be a number of pixels (0: no limit), got {text!r}")
+    return n or None
+
+
+def add_image_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that read image files (passed to load_image)."""
+    p.add_argument("--max-pixels", type=_max_pixels, default="pil", metavar="N",
+                   help="refuse image files over N pixels, a guard against decompression bombs (default: PIL's "
+                        "limit, 89478485); raise it for large files you trust, 0 for no limit")
+
+
+def add_input_size_argument(p: argparse.ArgumentParser) -> None:
+    """--input-size, for every command that loads a model (checked by input_size_option)."""
+    p.add_argument("--input-size", type=int, metavar="PX",
+                   help="run the model at this encoder input size: models built for several (swiftsam-r18, "
+                        "nanosam-*) take a positive multiple of 32. Default: the size its checkpoint records "
+                        "(checkpoints swiftsam wrote), else the model's")
+
+
+def input_size_option(args: argparse.Namespace, name: str | None) -> dict:
+    """--input-size as load()'s keyword, checked against model ``name`` before anything is loaded."""
+    size = getattr(args, "input_size", None)
+    if size is None:
+        return {}
+    entry = get_entry(name or DEFAULT_MODEL)
+    if "input_size" not in inspect.signature(entry.builder).parameters:
+        raise InputError(f"{entry.name} has a fixed input size ({entry.spec.input_size} px); drop --input-size.")
+    if size < 1:
+        raise InputError(f"--input-size must be a positive number of pixels (e.g. {entry.spec.input_size}), got {size}.")
+    try:
+        with torch.device("meta"):  # the builder's own checks, without allocating the weights
+            entry.build(input_size=size)
+    except ValueError as e:
+        raise InputError(f"--input-size {size} does not fit {entry.name}: {e}; its default is "
+                         f"{entry.spec.input_size}.") from None
+    return {"input_size": size}
+
+
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="auto", choices=engine_names(),
                    help="what runs the model (default auto: the fastest measured for it here)")
@@ -147,9 +247,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .engines.tensorrt_engine import _trt
 
         _trt()  # a clear error before any work when TensorRT or the GPU is missing
-    model = load(args.model, checkpoint=args.checkpoint)
-    manifest = export_onnx(model, args.out, args.parts.split(","), opset=args.opset,
-                           sam_single_mask=args.sam_single_mask)
+    check_output_dir(args.out, "--out")  # before the model is loaded and traced
+    model = load(args.model, checkpoint=args.checkpoint, **input_size_option(args, args.model))
+    with writing(args.out, "--out"):  # a full disk or a folder that turns read-only: a clear error
+        manifest = export_onnx(model, args.out, args.parts.split(","), opset=args.opset,
+                               sam_single_mask=args.sam_single_mask)
     for part, info in manifest["files"].items():
         print(f"{part:12s} {Path(args.out) / info['file']}  ({', '.join(info['inputs'])} -> {', '.join(info['outputs'])})")
     if args.format == "tensorrt":
@@ -159,7 +261,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         engine = TensorRTEngine(model.to("cuda"), precision=args.precision, onnx_dir=args.out)
         for part, path in engine.paths.items():
-            shutil.copy2(path, Path(args.out) / f"{part}.{args.precision}.engine")
+            with writing(args.out, "--out"), atomic_path(Path(args.out) / f"{part}.{args.precision}.engine") as tmp:
+                shutil.copy2(path, tmp)
             print(f"{part:12s} {Path(args.out) / f'{part}.{args.precision}.engine'}  (TensorRT {args.precision})")
     return 0
 
@@ -178,9 +281,7 @@ def cmd_eval_coco(args: argparse.Namespace) -> int:
         segmenter, name, settings = BASELINES[args.baseline](), args.baseline, {}
     else:
         name = args.model or DEFAULT_MODEL
-        size = {"input_size": args.input_size} if args.input_size else {}
-        if size and "input_size" not in inspect.signature(get_entry(name).builder).parameters:
-            raise InputError(f"{name} has a fixed input size; drop --input-size.")
+        size = input_size_option(args, name)
         model = load(name, checkpoint=args.checkpoint, **size)
         predictor = Predictor(model, engine=args.engine, **engine_options(args))
         segmenter = PredictorSegmenter(predictor)
@@ -189,7 +290,7 @@ def cmd_eval_coco(args: argparse.Namespace) -> int:
     out = args.out or f"out/eval/{name}-{args.protocol}"
     summary = evaluate_coco(
         dataset, segmenter, out, args.protocol, variant=args.variant, clicks=args.clicks, detections=detections,
-        limit=args.limit, model_name=name, settings=settings, overwrite=args.overwrite,
+        limit=args.limit, model_name=name, settings=settings, overwrite=args.overwrite, max_pixels=args.max_pixels,
     )
     if summary is not None:  # rank 0
         print(format_summary(summary))
@@ -198,7 +299,7 @@ def cmd_eval_coco(args: argparse.Namespace) -> int:
 
 
 def cmd_everything(args: argparse.Namespace) -> int:
-    from .everything import MaskGenerator
+    from .everything import SAM_DEFAULTS, MaskGenerator
     from .everything.runner import list_images, load_box_prompts, run_everything
 
     images = list_images(args.source)
@@ -209,20 +310,59 @@ def cmd_everything(args: argparse.Namespace) -> int:
         boxes = load_box_prompts(args.boxes, images, args.annotations, args.box_score_thresh)
     elif args.boxes:
         raise InputError("--boxes is for --strategy boxes.")
-    predictor = Predictor(load(args.model, checkpoint=args.checkpoint), engine=args.engine, **engine_options(args))
-    params = dict(
+    predictor = Predictor(load(args.model, checkpoint=args.checkpoint, **input_size_option(args, args.model)),
+                          engine=args.engine, **engine_options(args))
+    params = dict(  # None: the model's calibrated default (MaskGenerator resolves it)
         points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
         pred_iou_thresh=args.pred_iou_thresh, stability_score_thresh=args.stability_score_thresh,
-        box_nms_thresh=args.box_nms_thresh, crop_n_layers=args.crop_n_layers,
-        min_mask_region_area=args.min_mask_region_area, strategy=args.strategy,
+        stability_score_offset=args.stability_score_offset, box_nms_thresh=args.box_nms_thresh,
+        crop_n_layers=args.crop_n_layers, min_mask_region_area=args.min_mask_region_area, strategy=args.strategy,
         high_score_thresh=args.high_score_thresh,
     )
-    generator = MaskGenerator(predictor, output_mode="coco_rle", **params)
+    progress = False if args.no_progress else None  # None: bars on a terminal only
+    generator = MaskGenerator(predictor, output_mode="coco_rle", progress=progress if len(images) == 1 else False,
+                              **params)
+    params.update({k: getattr(generator, k) for k in SAM_DEFAULTS})  # the values in effect, recorded with the results
     settings = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
                 "engine": predictor.engine.describe(), "boxes": str(args.boxes) if args.boxes else None, **params}
     summary = run_everything(generator, args.source, args.out, settings, boxes=boxes, overwrite=args.overwrite,
+                             max_pixels=args.max_pixels, progress=progress, strict=args.strict,
                              on_image=lambda im, n: print(f"{im.name}: {n} masks") if len(images) == 1 else None)
-    print(f"{summary['done']} image(s) segmented, {summary['skipped']} already done; results in {args.out}")
+    return _everything_report(summary, args.out)
+
+
+def _everything_report(summary: dict, out: str) -> int:
+    """Print what an everything run did; exit 2 when no image has a result, else 0 (problems are reported)."""
+    from .everything.runner import SUMMARY_NAME
+
+    def listing(items: list[dict], key: str) -> str:
+        shown = "".join(f"\n  {it['image']}: {it[key]}" for it in items[:10])
+        return shown + (f"\n  ... and {len(items) - 10} more" if len(items) > 10 else "")
+
+    err = sys.stderr
+    report = Path(out) / SUMMARY_NAME
+    print(f"{summary['done']} image(s) segmented, {summary['skipped']} already done; results in {out}")
+    if summary["busy"]:
+        print(f"swiftsam: {len(summary['busy'])} image(s) left to another run working in {out}:"
+              f"{listing(summary['busy'], 'by')}", file=err)
+    if summary["redone"]:
+        print(f"swiftsam: {len(summary['redone'])} invalid result(s) done again:{listing(summary['redone'], 'reason')}",
+              file=err)
+    if summary["boxes_clipped"] or summary["boxes_dropped"]:
+        print(f"swiftsam: warning: {summary['boxes_clipped']} detector box(es) clipped to their image (at most 1 px "
+              f"outside), {len(summary['boxes_dropped'])} dropped:{listing(summary['boxes_dropped'], 'reason')}",
+              file=err)
+    if summary["empty"]:
+        print(f"swiftsam: warning: {len(summary['empty'])} image(s) with no mask kept:"
+              f"{listing(summary['empty'], 'reason')}", file=err)
+    if summary["failed"]:
+        failed = len(summary["failed"])
+        if summary["done"] == 0 and summary["skipped"] == 0 and not summary["busy"]:
+            print(f"swiftsam: error: no image could be segmented ({failed} failed; listed in {report}):"
+                  f"{listing(summary['failed'], 'error')}", file=err)
+            return 2
+        print(f"swiftsam: warning: {failed} image(s) failed and were skipped (listed in {report}; --strict stops "
+              f"at the first):{listing(summary['failed'], 'error')}", file=err)
     return 0
 
 
@@ -349,10 +489,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a click: label 1 = foreground (default), 0 = background; repeatable")
     s.add_argument("--box", type=_box, action="append", metavar="X0,Y0,X1,Y1", help="a box; each box is one object")
     s.add_argument("--multimask", action="store_true", help="predict 3 candidates and keep the best-scored")
-    s.add_argument("--out", required=True, help="label PNG: 0 background, object k = k (255 for one object)")
+    s.add_argument("--out", metavar="FILE.png",
+                   help="label PNG: 0 background, object k = k (255 for one object; 16-bit beyond 255 objects). "
+                        "Where boxes overlap a pixel holds the LAST object covering it, so earlier objects can "
+                        "lose pixels or vanish (a warning says how many): use --out-dir for whole masks")
+    s.add_argument("--out-dir", metavar="DIR",
+                   help="one 0/255 PNG per object: DIR/mask_001.png, mask_002.png ... (with or instead of --out)")
     s.add_argument("--overlay", help="also write the image with masks and prompts drawn over it")
     s.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_input_size_argument(s)
     add_engine_arguments(s)
+    add_image_arguments(s)
     s.set_defaults(fn=cmd_segment)
 
     e = sub.add_parser("export", help="export a model to ONNX graphs (or TensorRT engines)")
@@ -366,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--opset", type=int, default=OPSET)
     e.add_argument("--sam-single-mask", action="store_true",
                    help="sam_decoder returns one mask, chosen as SAM's return_single_mask export does")
+    add_input_size_argument(e)
     e.set_defaults(fn=cmd_export)
 
     a = sub.add_parser("everything", help="segment everything in an image or a folder (COCO-RLE JSON + overlay PNG)")
@@ -373,21 +521,32 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo model name (default {DEFAULT_MODEL})")
     a.add_argument("--checkpoint", help="local checkpoint instead of the official download")
     a.add_argument("--out", required=True, help="output folder; an interrupted folder run resumes")
+    add_input_size_argument(a)
     a.add_argument("--strategy", choices=["grid", "hierarchical", "boxes"], default="grid",
                    help="point grid (SAM), sparse-then-dense grid (TinySAM) or detector boxes (MobileSAMv2)")
-    a.add_argument("--points-per-side", type=int, default=32)
+    a.add_argument("--points-per-side", type=int,
+                   help="grid points per side (default: the model's; SAM's 32 for models without calibrated defaults)")
     a.add_argument("--points-per-batch", type=int, default=64)
-    a.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    a.add_argument("--stability-score-thresh", type=float, default=0.95)
+    a.add_argument("--pred-iou-thresh", type=float,
+                   help="keep masks whose predicted IoU is above this (default: the model's; SAM's 0.88)")
+    a.add_argument("--stability-score-thresh", type=float,
+                   help="keep masks at least this stable (default: the model's; SAM's 0.95)")
+    a.add_argument("--stability-score-offset", type=float,
+                   help="logit offset of the stability score (default: the model's; SAM's 1.0)")
     a.add_argument("--box-nms-thresh", type=float, default=0.7)
     a.add_argument("--crop-n-layers", type=int, default=0)
     a.add_argument("--min-mask-region-area", type=int, default=0, help="remove holes/islands smaller than this")
-    a.add_argument("--high-score-thresh", type=float, default=8.5, help="hierarchical: logit that marks covered pixels")
+    a.add_argument("--high-score-thresh", type=float,
+                   help="hierarchical: logit that marks covered pixels (default: the model's; TinySAM's 8.5)")
     a.add_argument("--boxes", help="--strategy boxes: detector boxes as a COCO results JSON")
     a.add_argument("--annotations", help="COCO JSON whose images[].file_name map files to the detections' image_id")
     a.add_argument("--box-score-thresh", type=float, default=0.0, help="ignore detections scored below this")
     a.add_argument("--overwrite", action="store_true", help="redo images already done in --out")
+    a.add_argument("--strict", action="store_true",
+                   help="stop at the first image that fails (default: skip it, go on, and report it at the end)")
+    a.add_argument("--no-progress", action="store_true", help="no progress bars (they show on a terminal only)")
     add_engine_arguments(a)
+    add_image_arguments(a)
     a.set_defaults(fn=cmd_everything)
 
     b = sub.add_parser("bench", help="time models x engines x precisions x batch sizes (optionally vs the reference)")
@@ -479,19 +638,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--annotations", required=True, help="instances JSON")
     c.add_argument("--model", help=f"zoo model (default {DEFAULT_MODEL})")
     c.add_argument("--checkpoint", help="local checkpoint instead of the official download")
-    c.add_argument("--input-size", type=int,
-                   help="run the model at this input size (models built for several, e.g. swiftsam-r18, nanosam-*)")
+    add_input_size_argument(c)
     c.add_argument("--baseline", choices=["box-fill", "grabcut", "oracle"], help="a baseline instead of a model")
     c.add_argument("--protocol", choices=["box", "point", "detections"], default="box")
-    c.add_argument("--variant", choices=["nanosam", "efficientvit"], default="nanosam",
-                   help="box protocol: nanosam = best of all 4 outputs, every annotation; efficientvit = best of "
-                        "the 3 multimask outputs, annotations with area >= 1")
+    c.add_argument("--variant", choices=["nanosam", "efficientvit", "sam"],
+                   help="box protocol: nanosam (default) = best of all 4 outputs, every annotation; efficientvit = "
+                        "best of the 3 multimask outputs, annotations with area >= 1. point protocol: sam (default) = "
+                        "clicks after the first also get the previous low-res logits as mask input, single-mask "
+                        "output; efficientvit = every click without mask input, best of the 3 multimask outputs")
     c.add_argument("--clicks", type=int, default=1, help="point protocol: clicks per object (mIoU after each)")
     c.add_argument("--detections", help="detections protocol: COCO results JSON of a detector")
     c.add_argument("--limit", type=int, help="only the first N images (by id)")
     c.add_argument("--out", help="results folder (default out/eval/MODEL-PROTOCOL); an interrupted run resumes")
     c.add_argument("--overwrite", action="store_true", help="discard earlier results in --out")
     add_engine_arguments(c)
+    add_image_arguments(c)
     c.set_defaults(fn=cmd_eval_coco)
     return p
 

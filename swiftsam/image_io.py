@@ -1,42 +1,144 @@
-"""Reading images from arrays, PIL images or files into H x W x 3 uint8 RGB."""
+"""Reading images from arrays, PIL images or files into H x W x 3 uint8 RGB.
+
+What the array holds is what every image viewer shows:
+
+- Files and PIL images are turned upright as their EXIF Orientation tag says (phone photos).
+- Values become 8 bits by one rule (``load_image`` says which).
+- A file over ``max_pixels`` is refused from its header, before it is decoded (decompression bombs).
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import Literal, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
 ImageLike = Union[np.ndarray, Image.Image, str, os.PathLike]
+MaxPixels = Union[int, None, Literal["pil"]]
+
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
-def load_image(image: ImageLike) -> np.ndarray:
-    """Return an H x W x 3 uint8 RGB array. Grayscale is replicated; alpha is dropped."""
+def load_image(image: ImageLike, max_pixels: MaxPixels = "pil", orient: bool = True) -> np.ndarray:
+    """Return an H x W x 3 uint8 RGB array. Grayscale is replicated; alpha is dropped.
+
+    Files and PIL images are turned as their EXIF Orientation tag says, so the array is the
+    image as viewers show it (and prompts are given in that frame). ``orient=False`` keeps the stored
+    pixel order (for annotations made on it: see ``eval.dataset.CocoImages.image``).
+
+    Values become 8 bits as follows:
+
+    - ``uint8``: as they are.
+    - ``uint16`` arrays and 16-bit PIL images (modes ``I;16*``, e.g. 16-bit grayscale PNG): divided
+      by 257 and rounded to the nearest integer (65535 -> 255, 257 * k -> k).
+    - other integer types (PIL mode ``I``, int32 / int64 arrays): by their range: within 0..255 as
+      they are, within 0..65535 as 16-bit values (divided by 257, rounded); beyond that refused.
+    - floats (PIL mode ``F``): NaN or infinity anywhere is refused. Values within 0..1 are refused
+      as ambiguous (multiply by 255 first); otherwise, as integers: within 0..255 rounded, within
+      0..65535 divided by 257 and rounded; negative or larger values are refused.
+    - bool, complex and object arrays are refused.
+
+    ``max_pixels`` limits the pixels (width x height) of an image *file*, checked from its header
+    before decoding, so a small file cannot expand into gigabytes: ``"pil"`` (the default) is PIL's
+    limit, ``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485 unless changed); an int sets another limit;
+    ``None`` removes it (only for files you trust). Arrays and PIL images, already in memory,
+    are not limited.
+    """
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.exists():
-            raise InputError(f"image file not found: {path}. Check the path.")
-        if path.is_dir():
-            raise InputError(f"{path} is a directory, not an image file.")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                image = im.convert("RGB") if im.mode != "RGB" else im.copy()
-        except UnidentifiedImageError:
-            raise InputError(f"{path} is not an image file that PIL can read (JPEG, PNG, BMP, TIFF, WebP ...).") from None
-        except OSError as e:
-            raise InputError(f"could not read image {path}: {e}. Is the file truncated or corrupted?") from None
-    if isinstance(image, Image.Image):
-        if image.width == 0 or image.height == 0:
-            raise InputError(f"image has zero size ({image.width}x{image.height}).")
-        image = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+        image = _read_file(Path(image), max_pixels, orient)
+    elif isinstance(image, Image.Image):
+        image = _pil_to_array(_upright(image) if orient else image)
     if not isinstance(image, np.ndarray):
         raise InputError(f"expected an image as a numpy array, PIL image or path, got {type(image).__name__}.")
     return _normalise_array(image)
+
+
+def _read_file(path: Path, max_pixels: MaxPixels, orient: bool = True) -> np.ndarray:
+    if not path.exists():
+        raise InputError(f"image file not found: {path}. Check the path.")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not an image file.")
+    limit = _pixel_limit(max_pixels)
+    try:
+        with _pil_allows(limit), Image.open(path) as im:
+            w, h = im.size
+            if limit is not None and w * h > limit:
+                raise InputError(_too_large(path, f"{w}x{h} = {w * h:,} pixels", limit))
+            im.load()
+            return _pil_to_array(_upright(im) if orient else im)
+    except Image.DecompressionBombError as e:  # PIL's own limit, met before the header could be checked
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise InputError(_too_large(path, size, limit)) from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path} is not an image file that PIL can read (JPEG, PNG, BMP, TIFF, WebP ...).") from None
+    except OSError as e:
+        raise InputError(f"could not read image {path}: {e}. Is the file truncated or corrupted?") from None
+
+
+def _pixel_limit(max_pixels: MaxPixels) -> int | None:
+    if max_pixels == "pil":
+        return Image.MAX_IMAGE_PIXELS
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise InputError(f"max_pixels must be a positive number of pixels, None (no limit) or 'pil' (PIL's limit), "
+                         f"got {max_pixels!r}.")
+    return int(max_pixels)
+
+
+def _too_large(path: Path, size: str, limit: int | None) -> str:
+    limit = limit or Image.MAX_IMAGE_PIXELS
+    return (f"{path} is {size}, over the limit of {limit:,} pixels that guards against decompression bombs. "
+            f"If you trust the file, raise the limit: --max-pixels N on the command line (0: no limit), "
+            f"or load_image(path, max_pixels=N) in Python (max_pixels=None: no limit).")
+
+
+@contextmanager
+def _pil_allows(limit: int | None) -> Iterator[None]:
+    """Let PIL open files up to ``limit`` pixels: our check, from the header, is the one that refuses.
+
+    PIL warns above ``Image.MAX_IMAGE_PIXELS`` and refuses above twice that, inside ``Image.open``;
+    a limit the caller raised past that lifts PIL's for the time of the call (a process-wide setting,
+    changed under a lock and restored).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        pil = Image.MAX_IMAGE_PIXELS
+        if pil is None or (limit is not None and limit <= 2 * pil):
+            yield
+            return
+        with _PIL_LIMIT_LOCK:
+            Image.MAX_IMAGE_PIXELS = limit
+            try:
+                yield
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` turned as its EXIF Orientation tag says (a new image), or ``im`` itself when upright."""
+    if im.getexif().get(ExifTags.Base.Orientation, 1) in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(im)
+    return im
+
+
+def _pil_to_array(im: Image.Image) -> np.ndarray:
+    if im.width == 0 or im.height == 0:
+        raise InputError(f"image has zero size ({im.width}x{im.height}).")
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):  # wider than 8 bits: scaled by _normalise_array
+        return np.asarray(im)
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
 
 
 def _normalise_array(a: np.ndarray) -> np.ndarray:
@@ -51,11 +153,25 @@ def _normalise_array(a: np.ndarray) -> np.ndarray:
     if a.shape[2] == 4:
         a = a[..., :3]
     if a.dtype != np.uint8:
-        if a.dtype == bool or not np.issubdtype(a.dtype, np.number):
-            raise InputError(f"image array must hold numbers in 0..255, got dtype {a.dtype}.")
-        if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
-            raise InputError("float image with values in 0..1: multiply by 255 and convert to uint8 first.")
-        if a.size and (a.min() < 0 or a.max() > 255):
-            raise InputError(f"image values must lie in 0..255, got {a.min()}..{a.max()}.")
-        a = a.astype(np.uint8)
+        a = _to_uint8(a)
     return np.ascontiguousarray(a)
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """Any numeric image as uint8, by the rule in ``load_image``'s docstring."""
+    if a.dtype.kind not in "iuf":
+        raise InputError(f"image array must hold integers or floats, got dtype {a.dtype}.")
+    if a.dtype.kind == "u" and a.dtype.itemsize == 2:  # 16-bit by its type, whatever its values
+        return ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise InputError("image contains NaN or infinite values; replace them (e.g. with np.nan_to_num) first.")
+    lo, hi = a.min(), a.max()
+    if lo < 0 or hi > 65535:
+        raise InputError(f"image values must lie in 0..255 (8-bit) or 0..65535 (16-bit), got {lo}..{hi}. "
+                         f"Scale the image to 0..255 first.")
+    if a.dtype.kind == "f" and hi <= 1.0:
+        raise InputError("float image with values in 0..1: multiply by 255 (or convert to uint8) first.")
+    if hi > 255:  # 16-bit values
+        return np.rint(a / 257.0).astype(np.uint8) if a.dtype.kind == "f" else \
+            ((a.astype(np.int64) + 128) // 257).astype(np.uint8)
+    return np.rint(a).astype(np.uint8) if a.dtype.kind == "f" else a.astype(np.uint8)

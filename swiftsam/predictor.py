@@ -17,9 +17,9 @@ from .errors import InputError
 from .image_io import ImageLike, load_image
 from .modeling.prompt_decoder import flatten_prompts
 from .modeling.sam import Sam
-from .prompts import box_prior_logits, check_boxes, check_mask_input, check_points
+from .prompts import box_prior_logits, check_boxes, check_mask_input, check_points, check_prompt_tensors
 from .transforms import postprocess_masks, resized_shape, to_prompt_frame
-from .utils import atomic_path
+from .utils import save_torch_atomic
 
 EMBEDDING_FORMAT = "swiftsam-embedding/1"
 
@@ -94,8 +94,7 @@ class Predictor:
             "embedding": self.features.detach().cpu(),
             "original_size": torch.tensor(self.original_size),
         }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        save_torch_atomic(payload, path)
 
     def load_embedding(self, path: str | os.PathLike[str]) -> None:
         path = Path(path)
@@ -179,10 +178,9 @@ class Predictor:
             sizes.append(m.shape[0])
         if len(set(sizes)) > 1:
             raise InputError(f"prompt batches differ in size (points, boxes, masks): {sizes}; give one of each per prompt.")
-        masks, scores, low = self.predict_torch(coords_t, labels_t, boxes_t, mask_t, multimask_output, return_logits)
+        masks, scores, low = self._predict_torch(coords_t, labels_t, boxes_t, mask_t, multimask_output, return_logits)
         return masks.cpu().numpy(), scores.float().cpu().numpy(), low.float().cpu().numpy()
 
-    @torch.inference_mode()
     def predict_torch(
         self,
         point_coords: torch.Tensor | None,
@@ -192,7 +190,25 @@ class Predictor:
         multimask_output: bool = True,
         return_logits: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompts already in the prompt frame, as tensors (as SamPredictor.predict_torch)."""
+        """Prompts already in the prompt frame, as tensors (as SamPredictor.predict_torch): points
+        (B, N, 2) with labels (B, N), boxes (B, 4), mask_input (B, 1, 256, 256).
+
+        They are checked as ``predict`` checks its own (shapes, NaN / inf, labels, inside the image as
+        resized into the prompt frame); a bad prompt raises InputError.
+        """
+        self._require_image()
+        frame_hw = resized_shape(*self.original_size, self.model.spec.prompt_size)
+        check_prompt_tensors(point_coords, point_labels, boxes, mask_input, frame_hw,
+                             self.model.prompt_encoder.mask_input_size)
+        point_coords, point_labels, boxes, mask_input = (
+            None if t is None else torch.as_tensor(t) for t in (point_coords, point_labels, boxes, mask_input))
+        return self._predict_torch(point_coords, point_labels, boxes, mask_input, multimask_output, return_logits)
+
+    @torch.inference_mode()
+    def _predict_torch(self, point_coords: torch.Tensor | None, point_labels: torch.Tensor | None,
+                       boxes: torch.Tensor | None, mask_input: torch.Tensor | None, multimask_output: bool,
+                       return_logits: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """predict_torch on prompts already checked (by predict_batch or predict_torch)."""
         self._require_image()
         sizes = [t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None]
         if not sizes:

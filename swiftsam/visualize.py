@@ -12,17 +12,34 @@ PALETTE = np.array(
 )
 
 
-def label_image(masks: np.ndarray) -> np.ndarray:
-    """N x H x W booleans -> H x W uint8 (0 background; object k has value k, or 255 if N == 1).
+MAX_LABELS = 65535  # objects a 16-bit label PNG can hold
 
-    Later objects are drawn over earlier ones.
+
+def label_image(masks: np.ndarray) -> np.ndarray:
+    """N x H x W booleans -> H x W labels: 0 background; object k has value k (255 if N == 1).
+
+    Later objects are drawn over earlier ones: a pixel that several masks cover holds the last of them
+    (see :func:`hidden_objects`). uint8 for up to 255 objects, uint16 beyond (a 16-bit PNG).
     """
-    if masks.shape[0] > 254:
-        raise ValueError("at most 254 objects fit an 8-bit label image")
-    out = np.zeros(masks.shape[1:], dtype=np.uint8)
+    n = masks.shape[0]
+    if n > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} objects fit a 16-bit label image, got {n}")
+    out = np.zeros(masks.shape[1:], dtype=np.uint8 if n <= 255 else np.uint16)
     for k, m in enumerate(masks, start=1):
-        out[m] = 255 if masks.shape[0] == 1 else k
+        out[m] = 255 if n == 1 else k
     return out
+
+
+def hidden_objects(masks: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """How many objects lost pixels to later overlapping objects in ``labels`` (from :func:`label_image`),
+    and how many of those lost all of them: (lost pixels, entirely hidden)."""
+    n = masks.shape[0]
+    if n < 2:
+        return 0, 0
+    kept = np.bincount(labels.ravel(), minlength=n + 1)[1:n + 1]  # label k is only ever drawn inside mask k
+    area = masks.reshape(n, -1).sum(axis=1)
+    short = kept < area
+    return int(short.sum()), int((short & (kept == 0)).sum())
 
 
 def overlay(

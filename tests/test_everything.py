@@ -241,7 +241,7 @@ def test_generator_errors(pair):
     with pytest.raises(InputError, match="strategy must be one of"):
         MaskGenerator(model, strategy="dense")
     with pytest.raises(InputError, match="exactly one of points_per_side and point_grids"):
-        MaskGenerator(model, points_per_side=None)
+        MaskGenerator(model, points_per_side=4, point_grids=[point_grid(2)])
     with pytest.raises(InputError, match="one grid per crop layer"):
         MaskGenerator(model, points_per_side=None, point_grids=[point_grid(2)], crop_n_layers=1)
     with pytest.raises(InputError, match="normalised to"):

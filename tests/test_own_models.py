@@ -38,7 +38,7 @@ def test_bundled_files_round_trip_and_are_checked(tmp_path):
         read_bundled(Bundled(("enc.pt", "enc.pt"), (sha_enc, sha_enc)), tmp_path)
 
 
-@pytest.mark.parametrize("name,size", [("swiftsam-r18", 256), ("swiftsam-r34", 512)])
+@pytest.mark.parametrize("name,size", [("swiftsam-r18", 256)])
 def test_shipped_models_load_without_download(name, size, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("a bundled model must not download")
@@ -88,3 +88,43 @@ def test_eval_cli_runs_the_default_model_at_another_input_size(tmp_path, capsys)
     assert summary["config"]["input_size"] == 320 and summary["config"]["model"] == "swiftsam-r18"
     assert main([*common, "--model", "mobilesam", "--input-size", "320", "--out", str(tmp_path / "b")]) == 2
     assert "fixed input size" in capsys.readouterr().err
+
+
+def test_bundled_weights_and_tracked_tree_stay_small():
+    """The GPU test machine takes a working tree of at most 64 MiB: the bundled weights stay within 40 MiB
+    and the whole tracked tree within 48 MiB (room for carried data beside it)."""
+    from swiftsam.zoo.bundled import WEIGHTS_DIR
+    from swiftsam.zoo.registry import _REGISTRY
+
+    shipped = {f for e in _REGISTRY.values() if e.bundled is not None for f in e.bundled.files}
+    assert {p.name for p in WEIGHTS_DIR.glob("*.pt")} == shipped  # no stray weight file ships unreferenced
+    weights = sum((WEIGHTS_DIR / f).stat().st_size for f in shipped)
+    assert weights <= 40 * 2**20, f"bundled weights are {weights / 2**20:.1f} MiB"
+    root = WEIGHTS_DIR.parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    import subprocess
+
+    files = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True).stdout
+    tracked = sum((root / f).stat().st_size for f in files.decode().split("\0") if f and (root / f).is_file())
+    assert tracked <= 48 * 2**20, f"the tracked tree is {tracked / 2**20:.1f} MiB"
+
+
+def test_teacher_is_not_bundled_and_can_be_restored(tmp_path):
+    with pytest.raises(CheckpointError, match="restore_teacher.py"):
+        swiftsam.load("swiftsam-r34")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "scripts" / "restore_teacher.py"
+    probe = subprocess.run(["git", "-C", str(root), "cat-file", "-e", "5cc41e9"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("the git history with the teacher is not in this checkout")
+    out = tmp_path / "swiftsam-r34.pt"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, capture_output=True)
+    teacher = swiftsam.load("swiftsam-r34", checkpoint=out)
+    assert teacher.box_mask_prior and teacher.spec.input_size == 512
+    assert sum(p.numel() for p in teacher.image_encoder.parameters()) > 1.4 * sum(
+        p.numel() for p in swiftsam.load().image_encoder.parameters())  # a ResNet34, not the student

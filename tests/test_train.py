@@ -120,9 +120,14 @@ def test_resume_after_interruption_is_exact(tmp_path, teacher_file):
         train(cut, progress=False, stop_after=3)  # killed after step 3: the last checkpoint is step 2
     assert torch.load(tmp_path / "b/run/checkpoints/last.pt", weights_only=True)["step"] == 2
     train(cut, progress=False)
-    a = torch.load(tmp_path / "a/run/model.pt", weights_only=True)
-    b = torch.load(tmp_path / "b/run/model.pt", weights_only=True)
+    a = swiftsam.zoo.read_state_dict(tmp_path / "a/run/model.pt")
+    b = swiftsam.zoo.read_state_dict(tmp_path / "b/run/model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the same weights give the same file: the sha256 in the model card is reproducible
+    card_a, card_b = (json.loads((tmp_path / f"{x}/run/model_card.json").read_text()) for x in "ab")
+    assert card_a["sha256"] == card_b["sha256"]
+    assert swiftsam.zoo.read_checkpoint(tmp_path / "a/run/model.pt")[1] == {
+        "format": "swiftsam-checkpoint/1", "model": "nanosam-r18", "input_size": SIZE, "box_mask_prior": False}
     assert losses(tmp_path / "a/run") == losses(tmp_path / "b/run")
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 10  # 5 steps x 2 images, all distinct at epoch 0
     with pytest.raises(InputError, match="other settings"):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import EngineError
-from ..export.onnx import cached_export, read_manifest
+from ..export.onnx import cached_export, check_export_matches, read_manifest
 from ..modeling.sam import Sam
 from ..zoo.hub import swiftsam_home
 from .base import Engine
@@ -34,6 +34,16 @@ def _ort():
 
 def onnx_cache_dir() -> Path:
     return swiftsam_home() / "onnx"
+
+
+def _session(ort, path: Path, options, providers: list[str], again: str):
+    """An InferenceSession, or a clear error for a graph onnxruntime cannot read (damaged, truncated, not ONNX)."""
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, NoSuchFile ...)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EngineError(f"onnxruntime cannot load {path} ({reason}): the graph is damaged or not an ONNX "
+                          f"model; {again}.") from None
 
 
 class OrtEngine(Engine):
@@ -68,7 +78,14 @@ class OrtEngine(Engine):
         self.provider = provider
         self.threads = threads
         if onnx_dir is None:
-            folder = cached_export(model, onnx_cache_dir(), ("encoder", "decoder"))
+            try:
+                folder = cached_export(model, onnx_cache_dir(), ("encoder", "decoder"))
+            except OSError as e:  # SWIFTSAM_HOME under a file, read-only, full...
+                raise EngineError(
+                    f"cannot write the ONNX export cache {onnx_cache_dir()} ({e.strerror or e}): set SWIFTSAM_HOME to "
+                    f"a writable folder (export SWIFTSAM_HOME=/path/to/writable/folder), or export the model once with "
+                    f"`swiftsam export MODEL --out DIR` and pass --onnx-dir DIR (onnx_dir=DIR)."
+                ) from None
         else:
             folder = Path(onnx_dir)
             manifest = read_manifest(folder)
@@ -77,14 +94,17 @@ class OrtEngine(Engine):
             missing = [p for p in ("encoder", "decoder") if p not in manifest.get("files", {})]
             if missing:
                 raise EngineError(f"{folder} has no {' / '.join(missing)} graph; export it with swiftsam export.")
+            check_export_matches(folder, manifest, model)
         self.folder = folder
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = threads
         providers = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
-        self._encoder = ort.InferenceSession(str(folder / "encoder.onnx"), options, providers=providers)
-        self._decoder = ort.InferenceSession(str(folder / "decoder.onnx"), options, providers=providers)
+        again = (f"export it again (swiftsam export {model.zoo_name or 'MODEL'} ... --out {folder})" if onnx_dir is not None
+                 else f"delete {folder} and it is exported again")
+        self._encoder = _session(ort, folder / "encoder.onnx", options, providers, again)
+        self._decoder = _session(ort, folder / "decoder.onnx", options, providers, again)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         x = image.detach().to("cpu", torch.float32).numpy()

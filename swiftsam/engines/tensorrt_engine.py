@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EngineError
-from ..export.onnx import cached_export, read_manifest
+from ..export.onnx import cached_export, check_export_matches, read_manifest
 from ..modeling.sam import Sam
 from ..utils import atomic_path
 from ..zoo.hub import swiftsam_home
@@ -140,6 +140,8 @@ class TensorRTEngine(Engine):
         self.precision = precision
         folder = Path(onnx_dir) if onnx_dir else cached_export(model, swiftsam_home() / "onnx", ("encoder", "decoder"))
         manifest = read_manifest(folder)
+        if onnx_dir:
+            check_export_matches(folder, manifest, model)  # other weights' graphs would run silently
         gpu = _slug(torch.cuda.get_device_name())
         int8 = "-int8" if manifest.get("quantization") else ""
         key = (f"{model.zoo_name or 'model'}-{manifest['fingerprint']}-{precision}{int8}-{gpu}-trt{trt.__version__}"

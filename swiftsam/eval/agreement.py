@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..image_io import load_image
 from ..predictor import Predictor
 from .coco import BOX_VARIANTS, xywh_to_xyxy
 from .dataset import CocoImages
@@ -22,7 +21,7 @@ def box_agreement(a: Predictor, b: Predictor, data: CocoImages, max_images: int 
                 if not x.get("iscrowd", 0) and (rule["min_area"] is None or x["area"] >= rule["min_area"])]
         if not anns:
             continue
-        image = load_image(data.path(image_id))
+        image = data.image(image_id)
         boxes = np.stack([xywh_to_xyxy(x["bbox"], image.shape[:2]) for x in anns])
         gts = [data.gt_mask(x) for x in anns]
         masks = []

@@ -19,8 +19,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..image_io import load_image
-from ..utils import atomic_path
+from ..image_io import MaxPixels
+from ..utils import FileLock, atomic_path, remove_stale_parts
 from .clicker import Clicker
 from .dataset import CocoImages
 from .metrics import mask_iou, miou_table
@@ -31,6 +31,16 @@ BOX_VARIANTS = {
     "nanosam": {"candidates": "all", "min_area": None},  # NanoSAM tools/eval_coco.py
     "efficientvit": {"candidates": "multimask", "min_area": 1.0},  # EfficientViT-SAM eval (box)
 }
+# point variants: what the model gets and which outputs compete after the first click (docs/EVALUATION.md).
+# The first click is the same in both: no mask input, the best of the 3 multimask outputs.
+POINT_VARIANTS = {
+    # SAM's iterative prompting (SAM paper, App. A "Training algorithm"; how SAM-family decoders are trained):
+    # all clicks + the previous chosen low-res logits as mask input, the single-mask output
+    "sam": {"later": "single", "mask_input": True},
+    # EfficientViT-SAM eval_efficientvit_sam_model.py --prompt_type point: all clicks, no mask input, best of 3
+    "efficientvit": {"later": "multimask", "mask_input": False},
+}
+DEFAULT_VARIANT = {"box": "nanosam", "point": "sam"}
 SUMMARY = "summary.json"
 
 
@@ -56,7 +66,8 @@ def box_rows(dataset: CocoImages, segmenter, image_id: int, variant: str) -> lis
     ]
 
 
-def point_rows(dataset: CocoImages, segmenter, image_id: int, clicks: int) -> list[dict]:
+def point_rows(dataset: CocoImages, segmenter, image_id: int, clicks: int, variant: str = "sam") -> list[dict]:
+    rule = POINT_VARIANTS[variant]
     anns = [a for a in dataset.annotations(image_id) if a["area"] >= 1.0]  # as EfficientViT-SAM's point eval
     if not anns:
         return []
@@ -64,15 +75,18 @@ def point_rows(dataset: CocoImages, segmenter, image_id: int, clicks: int) -> li
     clickers = [Clicker(gt) for gt in gts]
     predicted = [np.zeros_like(gt) for gt in gts]
     ious: list[list[float]] = [[] for _ in anns]
-    for _ in range(clicks):  # every annotation's i-th click in one batch, then re-predict with all clicks
+    logits = None  # the chosen outputs' low-res logits, from segmenters that return them
+    for k in range(clicks):  # every annotation's k-th click in one batch, then re-predict with all clicks
         for c, p in zip(clickers, predicted):
             c.next_click(p)
         points = np.array([c.points for c in clickers], dtype=np.float64)
         labels = np.array([c.labels for c in clickers])
-        masks, _ = segmenter.clicks(points, labels, "multimask")
+        extra = {"mask_input": logits} if k > 0 and rule["mask_input"] and logits is not None else {}
+        answer = segmenter.clicks(points, labels, "multimask" if k == 0 else rule["later"], **extra)
+        masks, logits = answer[0], (answer[2] if len(answer) > 2 else None)
         predicted = list(masks)
-        for k, (m, gt) in enumerate(zip(masks, gts)):
-            ious[k].append(mask_iou(m, gt))
+        for j, (m, gt) in enumerate(zip(masks, gts)):
+            ious[j].append(mask_iou(m, gt))
     return [
         {"image_id": image_id, "ann_id": a["id"], "category_id": a["category_id"], "area": float(a["area"]),
          "iou": v[-1], "ious": v, "clicks": [[*p, lab] for p, lab in zip(c.points, c.labels)]}
@@ -257,7 +271,7 @@ def evaluate_coco(
     out_dir: str | os.PathLike[str],
     protocol: str = "box",
     *,
-    variant: str = "nanosam",
+    variant: str | None = None,
     clicks: int = 1,
     detections: dict[int, list[dict]] | None = None,
     limit: int | None = None,
@@ -265,6 +279,7 @@ def evaluate_coco(
     settings: dict | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    max_pixels: MaxPixels = "pil",
 ) -> dict | None:
     """Run ``protocol`` over the dataset (or its first ``limit`` images); returns the summary on rank 0.
 
@@ -272,8 +287,10 @@ def evaluate_coco(
     """
     if protocol not in PROTOCOLS:
         raise InputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
-    if protocol == "box" and variant not in BOX_VARIANTS:
-        raise InputError(f"box variant must be one of {', '.join(BOX_VARIANTS)}, got {variant!r}.")
+    variant = variant or DEFAULT_VARIANT.get(protocol)
+    for name, known in (("box", BOX_VARIANTS), ("point", POINT_VARIANTS)):
+        if protocol == name and variant not in known:
+            raise InputError(f"the {name} protocol's --variant must be one of {', '.join(known)}, got {variant!r}.")
     if protocol == "point" and clicks < 1:
         raise InputError(f"--clicks must be >= 1, got {clicks}.")
     if protocol == "detections" and detections is None:
@@ -282,29 +299,38 @@ def evaluate_coco(
         raise InputError(f"--limit must be >= 1, got {limit}.")
     image_ids = dataset.image_ids[:limit] if limit else list(dataset.image_ids)
     config = {"protocol": protocol, "model": model_name or getattr(segmenter, "name", "model"),
-              "images": len(image_ids), "variant": variant if protocol == "box" else None,
+              "images": len(image_ids), "variant": variant if protocol in DEFAULT_VARIANT else None,
               "clicks": clicks if protocol == "point" else None, **(settings or {})}
     out = Path(out_dir)
     rank, world, barrier = distributed_context()
-    if overwrite and rank == 0:
-        for old in [*out.glob("results.rank*.jsonl"), out / SUMMARY]:
-            old.unlink(missing_ok=True)
-    barrier()
-    log = ResultsLog(out, rank, config)
-    barrier()
-    done = log.completed()
-    mine = [i for i in image_ids[rank::world] if i not in done]
-    for image_id in tqdm(mine, desc=f"eval {protocol}" + (f" [rank {rank}]" if world > 1 else ""),
-                         disable=not progress or rank != 0, unit="img"):
-        segmenter.set_image(load_image(dataset.path(image_id)), image_id)
-        if protocol == "box":
-            rows = box_rows(dataset, segmenter, image_id, variant)
-        elif protocol == "point":
-            rows = point_rows(dataset, segmenter, image_id, clicks)
-        else:
-            rows = detection_rows(dataset, segmenter, image_id, detections.get(image_id, []))
-        log.add(image_id, rows)
-    barrier()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / f".results.rank{rank}.lock")  # a second run into this --out would redo all the work
+    if not lock.acquire():
+        raise InputError(f"{out} is being evaluated by another run ({lock.holder()}); wait for it to finish, "
+                         f"or use another --out.")
+    try:
+        remove_stale_parts(out, [SUMMARY], older_than_s=60)  # left by a run killed while writing it
+        if overwrite and rank == 0:
+            for old in [*out.glob("results.rank*.jsonl"), out / SUMMARY]:
+                old.unlink(missing_ok=True)
+        barrier()
+        log = ResultsLog(out, rank, config)
+        barrier()
+        done = log.completed()
+        mine = [i for i in image_ids[rank::world] if i not in done]
+        for image_id in tqdm(mine, desc=f"eval {protocol}" + (f" [rank {rank}]" if world > 1 else ""),
+                             disable=not progress or rank != 0, unit="img"):
+            segmenter.set_image(dataset.image(image_id, max_pixels=max_pixels), image_id)
+            if protocol == "box":
+                rows = box_rows(dataset, segmenter, image_id, variant)
+            elif protocol == "point":
+                rows = point_rows(dataset, segmenter, image_id, clicks, variant)
+            else:
+                rows = detection_rows(dataset, segmenter, image_id, detections.get(image_id, []))
+            log.add(image_id, rows)
+        barrier()
+    finally:
+        lock.release()
     if rank != 0:
         return None
     done = log.completed()

@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..image_io import MaxPixels, load_image
+from ..optional import require
 
 
 def _pycocotools():
-    try:
-        from pycocotools import mask as mask_utils
-        from pycocotools.coco import COCO
-    except ImportError:
-        raise InputError("evaluation needs pycocotools: pip install 'swiftsam[eval]'.") from None
+    require("pycocotools", "COCO evaluation")
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
     return COCO, mask_utils
 
 
@@ -52,6 +53,19 @@ class CocoImages:
 
     def path(self, image_id: int) -> Path:
         return self.images_dir / self.coco.imgs[image_id]["file_name"]
+
+    def image(self, image_id: int, max_pixels: MaxPixels = "pil") -> np.ndarray:
+        """The image in the frame of its annotations: upright as viewers show it (EXIF orientation
+        applied) unless only the stored pixel order has the annotated height and width."""
+        path, want = self.path(image_id), self.size(image_id)
+        image = load_image(path, max_pixels=max_pixels)
+        if image.shape[:2] != want:
+            stored = load_image(path, max_pixels=max_pixels, orient=False)
+            if stored.shape[:2] != want:
+                raise InputError(f"{path} is {image.shape[1]}x{image.shape[0]} but its annotation says "
+                                 f"{want[1]}x{want[0]}: the annotation file does not belong to this image.")
+            image = stored
+        return image
 
     def size(self, image_id: int) -> tuple[int, int]:
         info = self.coco.imgs[image_id]

@@ -1,7 +1,9 @@
 """What an evaluation runs: a swiftsam Predictor, or a baseline with the same two methods.
 
 ``set_image(image, image_id)`` then ``boxes(xyxy (K, 4), candidates)`` or ``clicks(points (K, N, 2),
-labels (K, N), candidates)``, each returning masks (K, H, W) bool and scores (K,).
+labels (K, N), candidates)``, each returning masks (K, H, W) bool and scores (K,). A segmenter that can take
+its previous answer back (SAM's iterative prompting) also returns, from ``clicks``, the low-res logits of the
+chosen masks (K, 1, 256, 256) and accepts them as ``clicks(..., mask_input=logits)``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import numpy as np
 
 from ..errors import InputError
+from ..optional import require
 from ..predictor import Predictor
 
 
@@ -25,8 +28,27 @@ class PredictorSegmenter:
     def boxes(self, boxes: np.ndarray, candidates: str) -> tuple[np.ndarray, np.ndarray]:
         return self.predictor.predict_best(boxes=boxes, candidates=candidates)
 
-    def clicks(self, points: np.ndarray, labels: np.ndarray, candidates: str) -> tuple[np.ndarray, np.ndarray]:
-        return self.predictor.predict_best(point_coords=points, point_labels=labels, candidates=candidates)
+    def clicks(self, points: np.ndarray, labels: np.ndarray, candidates: str, mask_input: np.ndarray | None = None,
+               chunk: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per prompt the output the model rates best among ``candidates`` ("multimask": the 3 multimask
+        outputs, "single": the single-mask output, "all": the 4), given its clicks and optionally the low-res
+        logits of an earlier answer (``mask_input``, K x 1 x 256 x 256). Returns masks (K, H, W), scores (K,)
+        and the chosen outputs' low-res logits (K, 1, 256, 256), ``chunk`` prompts per decoder call."""
+        if candidates not in ("multimask", "single", "all"):
+            raise InputError(f"candidates must be 'multimask', 'all' or 'single', got {candidates!r}.")
+        out = {"masks": [], "scores": [], "logits": []}
+        for start in range(0, len(points), chunk):
+            sl = slice(start, start + chunk)
+            mask = None if mask_input is None else mask_input[sl]
+            runs = [False] if candidates == "single" else [True] if candidates == "multimask" else [False, True]
+            parts = [self.predictor.predict_batch(points[sl], labels[sl], mask_input=mask, multimask_output=multi)
+                     for multi in runs]
+            masks, scores, low = (np.concatenate([p[i] for p in parts], axis=1) for i in range(3))
+            best, rows = scores.argmax(axis=1), np.arange(len(scores))
+            out["masks"].append(masks[rows, best])
+            out["scores"].append(scores[rows, best])
+            out["logits"].append(low[rows, best][:, None])
+        return tuple(np.concatenate(v) for v in out.values())
 
 
 def box_fill(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -49,7 +71,7 @@ class BoxFillSegmenter:
     def boxes(self, boxes, candidates):
         return np.stack([box_fill(b, self.shape) for b in boxes]), np.ones(len(boxes), np.float32)
 
-    def clicks(self, points, labels, candidates):
+    def clicks(self, points, labels, candidates, mask_input=None):
         raise InputError("the box-fill baseline only answers box prompts (--protocol box or detections).")
 
 
@@ -67,7 +89,7 @@ class GrabCutSegmenter(BoxFillSegmenter):
         self.shape = image.shape[:2]
 
     def boxes(self, boxes, candidates):
-        import cv2
+        cv2 = require("cv2", "the GrabCut baseline")
 
         h, w = self.shape
         out = []
@@ -106,7 +128,7 @@ class OracleSegmenter:
             masks.append(self.dataset.gt_mask(self.anns[k]))
         return np.stack(masks), np.ones(len(boxes), np.float32)
 
-    def clicks(self, points, labels, candidates):
+    def clicks(self, points, labels, candidates, mask_input=None):
         masks = []
         for p in points:
             x, y = int(p[0][0]), int(p[0][1])

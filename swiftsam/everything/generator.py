@@ -8,7 +8,9 @@ through the Predictor's engine, and RLEs come from pycocotools.
 
 from __future__ import annotations
 
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -39,6 +41,24 @@ from .nms import batched_nms, box_area
 STRATEGIES = ("grid", "hierarchical", "boxes")
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 UPSAMPLE_CHUNK = 48  # masks upsampled to full size at once: bounds memory on large images
+# SamAutomaticMaskGenerator's defaults (TinySAM's for high_score_thresh): what a model without calibrated
+# defaults of its own (ModelEntry.everything, attached by swiftsam.build/load as model.everything_defaults) gets
+SAM_DEFAULTS = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
+                "stability_score_offset": 1.0, "high_score_thresh": 8.5}
+
+
+def model_defaults(model: Sam | Predictor) -> dict:
+    """The generator settings a model runs with when the caller leaves them unset (None)."""
+    sam = model.model if isinstance(model, Predictor) else model
+    return {**SAM_DEFAULTS, **(getattr(sam, "everything_defaults", None) or {})}
+
+
+def _max(a: float | None, b: float) -> float:
+    return b if a is None else max(a, b)
+
+
+class NoMasksWarning(UserWarning):
+    """Every candidate mask of an image was filtered out: the thresholds do not suit these weights."""
 
 
 @dataclass
@@ -85,6 +105,9 @@ class GenerationStats:
     skipped_points: int = 0  # hierarchical: dense points not decoded because they were covered
     masks_decoded: int = 0  # candidate masks scored by the decoder
     masks_upsampled: int = 0  # candidates that passed the IoU threshold and were brought to full size
+    masks_stable: int = 0  # ... and the stability threshold
+    max_predicted_iou: float | None = None  # over every candidate: a pred_iou_thresh at or above it keeps nothing
+    max_stability: float | None = None  # over the candidates that passed pred_iou_thresh
     masks_before_nms: int = 0
     masks: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -112,6 +135,13 @@ class MaskGenerator:
     ``min_mask_region_area`` > 0, holes and islands smaller than that are removed (OpenCV) and NMS
     runs again preferring masks that did not change. A threshold <= 0 disables its filter.
 
+    Settings left at None (``points_per_side`` when no ``point_grids`` are given, ``pred_iou_thresh``,
+    ``stability_score_thresh``, ``stability_score_offset``, ``high_score_thresh``) take the model's
+    calibrated defaults (``model.everything_defaults``, from its zoo entry; see ``model_defaults``), else
+    SAM's (``SAM_DEFAULTS``: 32, 0.88, 0.95, 1.0, 8.5). When every candidate of an image is filtered out,
+    ``generate`` warns (``NoMasksWarning``) with the highest scores seen and what to lower.
+    ``progress``: a bar over the decoded prompts on stderr (True; None: only on a terminal).
+
     Records (``generate`` returns one dict per mask, sorted as NMS kept them): ``segmentation``
     (H x W bool, or a COCO RLE, per ``output_mode``), ``area``, ``bbox`` (XYWH), ``predicted_iou``,
     ``point_coords`` ([[x, y]] of the prompt point; the box centre for box prompts),
@@ -121,11 +151,11 @@ class MaskGenerator:
     def __init__(
         self,
         model: Sam | Predictor | str,
-        points_per_side: int | None = 32,
+        points_per_side: int | None = None,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
-        stability_score_offset: float = 1.0,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
+        stability_score_offset: float | None = None,
         box_nms_thresh: float = 0.7,
         crop_n_layers: int = 0,
         crop_nms_thresh: float = 0.7,
@@ -135,18 +165,32 @@ class MaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         strategy: str = "grid",
-        high_score_thresh: float = 8.5,
+        high_score_thresh: float | None = None,
         sparse_factor: int = 4,
         boxes_per_batch: int = 256,
         engine: str = "auto",
+        progress: bool | None = False,
         **engine_options,
     ) -> None:
         if strategy not in STRATEGIES:
             raise InputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
         if output_mode not in OUTPUT_MODES:
             raise InputError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}.")
-        if strategy != "boxes" and (points_per_side is None) == (point_grids is None):
-            raise InputError("give exactly one of points_per_side and point_grids.")
+        if points_per_side is not None and point_grids is not None:
+            raise InputError("give exactly one of points_per_side and point_grids (both were given).")
+        if isinstance(model, str):
+            from ..api import load
+
+            model = load(model)
+        defaults = model_defaults(model)
+        if point_grids is None and points_per_side is None:
+            points_per_side = defaults["points_per_side"]
+        pred_iou_thresh = defaults["pred_iou_thresh"] if pred_iou_thresh is None else pred_iou_thresh
+        stability_score_thresh = (defaults["stability_score_thresh"] if stability_score_thresh is None
+                                  else stability_score_thresh)
+        stability_score_offset = (defaults["stability_score_offset"] if stability_score_offset is None
+                                  else stability_score_offset)
+        high_score_thresh = defaults["high_score_thresh"] if high_score_thresh is None else high_score_thresh
         if points_per_side is not None and points_per_side < 1:
             raise InputError(f"points_per_side must be >= 1, got {points_per_side}.")
         if points_per_batch < 1 or boxes_per_batch < 1:
@@ -187,7 +231,9 @@ class MaskGenerator:
         self.output_mode = output_mode
         self.high_score_thresh = high_score_thresh
         self.sparse_factor = sparse_factor
+        self.progress = progress
         self.stats = GenerationStats()
+        self._bar = None
 
     # ----------------------------------------------------------------- public
     @torch.inference_mode()
@@ -205,7 +251,14 @@ class MaskGenerator:
         self.stats = GenerationStats()
         t0 = time.perf_counter()
         crops, layers = crop_boxes(hw, self.crop_n_layers, self.crop_overlap_ratio)
-        found = Candidates.cat([self._process_crop(array, crop, layer, boxes) for crop, layer in zip(crops, layers)])
+        try:
+            self._bar = self._progress_bar(boxes, layers)
+            found = Candidates.cat([self._process_crop(array, crop, layer, boxes)
+                                    for crop, layer in zip(crops, layers)])
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
         if len(crops) > 1 and len(found):
             # the same object seen in several crops: keep the one from the smallest crop
             keep = batched_nms(found.boxes.float(), 1.0 / box_area(found.crop_boxes.float()),
@@ -216,7 +269,41 @@ class MaskGenerator:
         records = self._records(found)
         self.stats.masks = len(records)
         self.stats.seconds["total"] = time.perf_counter() - t0
+        if not records and self.stats.masks_decoded:
+            warnings.warn(self.no_masks_message(), NoMasksWarning, stacklevel=3)  # past inference_mode
         return records
+
+    def no_masks_message(self) -> str:
+        """Why the last ``generate`` kept no mask, and which setting to lower (from its stats)."""
+        s = self.stats
+        text = f"no mask kept: {s.masks_decoded} candidate masks decoded"
+        if s.masks_upsampled == 0:
+            return (f"{text}, none with a predicted IoU above pred_iou_thresh={self.pred_iou_thresh:g} (the highest "
+                    f"was {s.max_predicted_iou:.3f}); lower pred_iou_thresh (--pred-iou-thresh) below that.")
+        text += f", {s.masks_upsampled} above pred_iou_thresh={self.pred_iou_thresh:g}"
+        if s.masks_stable == 0:
+            return (f"{text}, none with a stability score of at least stability_score_thresh="
+                    f"{self.stability_score_thresh:g} (offset {self.stability_score_offset:g}; the highest was "
+                    f"{s.max_stability:.3f}); lower stability_score_thresh (--stability-score-thresh) below that, "
+                    f"or the offset (--stability-score-offset).")
+        return (f"{text}, {s.masks_stable} stable enough, all dropped at the crop edges or by "
+                f"min_mask_region_area={self.min_mask_region_area}; lower the thresholds, or use crop_n_layers=0.")
+
+    def _progress_bar(self, boxes: np.ndarray | None, layers: list[int]):
+        """A bar over the prompts to decode (an upper bound for the hierarchical strategy, whose covered
+        points are counted as they are skipped)."""
+        if self.progress is False:
+            return None
+        from tqdm.auto import tqdm
+
+        if self.strategy == "boxes":
+            total = len(boxes)
+        else:
+            total = sum(len(self.point_grids[layer]) for layer in layers)
+            if self.strategy == "hierarchical":
+                total += len(layers) * (self.points_per_side // self.sparse_factor) ** 2
+        return tqdm(total=total, desc="everything", unit="prompt", leave=False, file=sys.stderr,
+                    disable=None if self.progress is None else False)
 
     # ---------------------------------------------------------------- crops
     def _process_crop(self, image: np.ndarray, crop: list[int], layer: int, boxes: np.ndarray | None) -> Candidates:
@@ -239,6 +326,8 @@ class MaskGenerator:
             dense_pts = self.point_grids[layer] * scale
             covered = self.covered_points(dense_pts, coverage)
             self.stats.skipped_points += int(covered.sum())
+            if self._bar is not None:
+                self._bar.update(int(covered.sum()))
             dense = self._decode_all(dense_pts[~covered], crop, crop_hw, image_box)
             found = Candidates.cat([sparse, dense])
         self.predictor.reset_image()
@@ -288,6 +377,8 @@ class MaskGenerator:
         ps = self.model.spec.prompt_size
         k, dev = len(prompts), self.predictor.device
         self.stats.prompts += k
+        if self._bar is not None:
+            self._bar.update(k)
         if is_box:
             frame = to_prompt_frame(prompts.reshape(-1, 2, 2), crop_hw, ps).reshape(-1, 4)
             coords, labels = flatten_prompts(None, None, torch.as_tensor(frame, dtype=torch.float32), k, dev)
@@ -313,6 +404,8 @@ class MaskGenerator:
             points = (prompt_boxes[:, :2] + prompt_boxes[:, 2:]) / 2
         low, iou = low.flatten(0, 1), iou.flatten(0, 1).float().cpu()
         self.stats.masks_decoded += len(iou)
+        if len(iou):
+            self.stats.max_predicted_iou = _max(self.stats.max_predicted_iou, float(iou.max()))
         keep = iou > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones(len(iou), dtype=torch.bool)
         idx = keep.nonzero().flatten()
         self.stats.masks_upsampled += len(idx)
@@ -323,7 +416,10 @@ class MaskGenerator:
             logits = postprocess_masks(low[sel.to(low.device)][:, None].float(), crop_hw, ps)[:, 0].cpu()
             stab = stability_score(logits, thr, self.stability_score_offset)
             ok = stab >= self.stability_score_thresh if self.stability_score_thresh > 0 else torch.ones_like(stab, dtype=torch.bool)
+            if len(stab):
+                self.stats.max_stability = _max(self.stats.max_stability, float(stab.nan_to_num(0).max()))
             logits, sel, stab = logits[ok], sel[ok], stab[ok]
+            self.stats.masks_stable += len(sel)
             if coverage is not None and len(sel):
                 coverage |= (logits > self.high_score_thresh).any(dim=0)
             masks = logits > thr

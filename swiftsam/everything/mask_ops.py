@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+
+from ..optional import require
 
 
 def point_grid(n_per_side: int) -> np.ndarray:
@@ -123,6 +124,7 @@ def remove_small_regions(mask: np.ndarray, min_area: int, mode: str) -> tuple[np
     """
     if mode not in ("holes", "islands"):
         raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+    cv2 = require("cv2", "removing small mask regions (min_mask_region_area > 0)")
     holes = mode == "holes"
     working = (mask ^ holes).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(working, connectivity=8)

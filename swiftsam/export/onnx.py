@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,11 +25,14 @@ from torch.nn import functional as F
 from ..errors import EngineError
 from ..modeling.prompt_decoder import PromptDecoder
 from ..modeling.sam import Sam
-from ..utils import atomic_path
+from ..utils import atomic_path, host_tag, pid_alive, remove_stale_parts
 
 OPSET = 17
 MANIFEST = "manifest.json"
 FORMAT = "swiftsam-onnx/1"
+# an export traces into ".export-<host>-<pid>-<random>" beside its graphs; a killed export leaves it behind
+_SCRATCH = re.compile(r"^\.export-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-")
+STALE_SCRATCH_S = 600  # a scratch folder whose owner cannot be checked (other host, older swiftsam) is stale after
 
 # Ops that TensorRT cannot build from (or builds only for fixed shapes) in the SAM decoders people export.
 BANNED_OPS = {
@@ -222,6 +228,7 @@ def export_onnx(
         "model": model.zoo_name,
         "swiftsam": __version__,
         "fingerprint": weights_fingerprint(model),
+        "weights": getattr(model, "weights_source", None),  # where the weights came from, for messages
         "opset": opset,
         "spec": {"input_size": model.spec.input_size, "prompt_size": model.spec.prompt_size,
                  "pixel_mean": list(model.spec.pixel_mean), "pixel_std": list(model.spec.pixel_std)},
@@ -230,7 +237,8 @@ def export_onnx(
         "quantization": getattr(model, "quantization", None),
         "files": {},
     }
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as scratch:
+    remove_stale_temporaries(out)
+    with tempfile.TemporaryDirectory(prefix=f".export-{host_tag()}-{os.getpid()}-", dir=out) as scratch:
         for part in parts:
             filename, fn, io = PARTS[part]
             tmp = Path(scratch) / filename
@@ -253,6 +261,29 @@ def export_onnx(
     return manifest
 
 
+def remove_stale_temporaries(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove what killed exports left in ``out_dir``: their scratch folders (``.export-*``, when the process
+    that made one is gone, or its owner cannot be checked and it is older than ``STALE_SCRATCH_S``) and
+    ``manifest.json`` temporaries. Live exports into the same folder are left alone. Returns what was removed."""
+    out = Path(out_dir)
+    removed = remove_stale_parts(out, [MANIFEST], older_than_s=60)
+    for d in out.glob(".export-*"):
+        try:
+            if not d.is_dir():
+                continue
+            m = _SCRATCH.match(d.name)
+            if m and m["host"] == host_tag():
+                stale = not pid_alive(int(m["pid"]))
+            else:
+                stale = time.time() - d.stat().st_mtime > STALE_SCRATCH_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 def read_manifest(out_dir: str | os.PathLike[str]) -> dict:
     path = Path(out_dir) / MANIFEST
     try:
@@ -262,6 +293,27 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict:
     if manifest.get("format") != FORMAT:
         raise EngineError(f"{path} is not a swiftsam ONNX export ({FORMAT}); export the model again.")
     return manifest
+
+
+def check_export_matches(folder: str | os.PathLike[str], manifest: dict, model: Sam) -> None:
+    """Refuse an export folder made from other weights (or another input size) than ``model``: its graphs
+    would run those weights silently."""
+    expected = manifest.get("fingerprint")
+    actual = weights_fingerprint(model)
+    if not expected or expected == actual:
+        return
+    theirs = manifest.get("weights") or manifest.get("model") or "another model"
+    ours = getattr(model, "weights_source", None) or model.zoo_name or "the model"
+    size = (manifest.get("spec") or {}).get("input_size")
+    sizes = (f" It was also exported at input size {size} and the model runs at {model.spec.input_size} "
+             f"(--input-size {size} if these are the same weights)."
+             if size and size != model.spec.input_size else "")
+    raise EngineError(
+        f"{folder} holds graphs exported from other weights than the model loaded here: the export is of {theirs} "
+        f"(weights fingerprint {expected}), the model is {ours} (fingerprint {actual}).{sizes} Export these weights "
+        f"into a folder of their own (swiftsam export {model.zoo_name or 'MODEL'} --checkpoint ... --out DIR) and pass "
+        f"that as --onnx-dir, or load the weights this folder was exported from."
+    )
 
 
 def cached_export(model: Sam, root: Path, parts: Iterable[str]) -> Path:

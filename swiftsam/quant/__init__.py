@@ -77,14 +77,11 @@ def _run_ptq(net, model, files, out, backend, observer, activations, val, val_co
     if backend == "torch":
         if observer not in OBSERVERS:
             raise InputError(f"the torch backend calibrates with {', '.join(OBSERVERS)}, got {observer!r}.")
-        import torch
-
-        from ..utils import atomic_path
+        from ..zoo.checkpoint import save_checkpoint
 
         quantize_torch(net, preprocessed(net, files), observer)
         path = out / "model-w8a8.pt"
-        with atomic_path(path) as tmp:
-            torch.save(net.state_dict(), tmp)
+        save_checkpoint(net, path)  # with the zoo name, input size and box prior it loads with
         summary = {"backend": "torch", "model": model, "checkpoint": str(path), "observer": observer,
                    "calibration_images": len(files), "quantized_layers": len(quant_layers(net.image_encoder))}
         if val is not None:

@@ -25,7 +25,7 @@ from ..api import build, load
 from ..errors import InputError
 from ..modeling.prompt_decoder import PromptDecoder
 from ..modeling.sam import Sam
-from ..utils import atomic_path
+from ..utils import save_torch_atomic
 from .config import TrainConfig
 from .data import CocoObjects, DistillImages
 from .losses import embedding_loss, mask_iou, sam_mask_loss
@@ -181,8 +181,7 @@ class DistillEncoder(Recipe):
             for (k, path), e in zip(todo, emb):
                 e = e.half()
                 out[k] = e.float()  # the same fp16-rounded values a later epoch (or a resumed run) reads back
-                with atomic_path(path) as tmp:
-                    torch.save(e.cpu().clone(), tmp)
+                save_torch_atomic(e.cpu().clone(), path)
         return torch.stack([o.to(self.device) for o in out])
 
     def loss(self, batch, step, rank, micro):

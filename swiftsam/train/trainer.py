@@ -8,7 +8,8 @@ Output folder::
     OUT/checkpoints/last.pt  student, optimizer, scheduler, scaler, RNG state, step (every N steps)
     OUT/metrics.jsonl        one line per logged step and per evaluation
     OUT/tb/                  TensorBoard scalars (when tensorboard is installed)
-    OUT/model.pt             the student's state dict: swiftsam.load(STUDENT, checkpoint=OUT/model.pt)
+    OUT/model.pt             the student's state dict, with its zoo name, input size and box mask prior:
+                             swiftsam.load(STUDENT, checkpoint=OUT/model.pt)
     OUT/model_card.json, OUT/MODEL_CARD.md
 """
 
@@ -27,7 +28,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..utils import atomic_path
+from ..utils import atomic_path, save_torch_atomic
+from ..zoo.checkpoint import save_checkpoint
 from . import distributed as ddp
 from .config import TrainConfig
 from .data import StepSampler, collate, seed_everything
@@ -51,9 +53,14 @@ class Interrupted(Exception):
 def _device(config: TrainConfig, d: ddp.Dist) -> torch.device:
     if config.device == "auto":
         return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(config.device)
+    try:
+        dev = torch.device(config.device)
+    except RuntimeError:
+        raise InputError(f"device {config.device!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {config.device}: this torch sees no CUDA device; use device: cpu.")
+    if dev.type == "cuda" and dev.index is None:  # torch.cuda.set_device needs an index: this process's GPU
+        dev = torch.device("cuda", d.local_rank)
     return dev
 
 
@@ -299,8 +306,7 @@ def _train(config: TrainConfig, d: ddp.Dist, progress: bool, stop_after: int | N
                 state = {"step": done, "student": recipe.student.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
                          "skipped": sorted(all_skipped), "seen": seen, "eval_at_start": eval_start}
-                with atomic_path(ckpt_path) as tmp:
-                    torch.save(state, tmp)
+                save_torch_atomic(state, ckpt_path)
             ddp.barrier(d)
         if val is not None and config.eval_every and done % config.eval_every == 0 and done < config.steps:
             if d.main:
@@ -322,8 +328,7 @@ def _train(config: TrainConfig, d: ddp.Dist, progress: bool, stop_after: int | N
         eval_end = evaluate_boxes(recipe.student, recipe.teacher, val, config.eval_images) if val is not None else None
         if eval_end is not None:
             metrics.write(config.steps, "eval", eval_end)
-        with atomic_path(out / "model.pt") as tmp:
-            torch.save(recipe.student.state_dict(), tmp)
+        save_checkpoint(recipe.student, out / "model.pt")  # the same weights always give the same file (and sha256)
         info = {"world_size": d.world, "ranks_max_weight_difference": divergence, "final_loss": last.get("loss"),
                 "final_metrics": last, "eval_at_start": eval_start, "eval_at_end": eval_end,
                 "decoder_from_teacher": recipe.decoder_from_teacher, "device": str(device), "torch": torch.__version__,

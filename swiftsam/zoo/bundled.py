@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..utils import atomic_path
+from ..utils import save_torch_atomic
 from .checkpoint import read_state_dict
 from .registry import Bundled
 
@@ -51,6 +51,5 @@ def write_fp16(state: dict[str, torch.Tensor], path: str | os.PathLike[str], pre
     if not part:
         raise ValueError(f"no tensor starts with {prefixes}")
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(part, tmp)
+    save_torch_atomic(part, path)  # reproducible: the same tensors give the same file and sha256
     return sha256_of(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import DownloadError
-from ..utils import atomic_path
+from ..utils import atomic_path, probe_dir
 from .registry import ModelEntry, Weights
 
 CHUNK = 1 << 20
@@ -25,6 +25,20 @@ CHUNK = 1 << 20
 def swiftsam_home() -> Path:
     """``$SWIFTSAM_HOME``, default ``~/.cache/swiftsam``: checkpoints, exported graphs, built engines."""
     return Path(os.environ.get("SWIFTSAM_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "swiftsam"))
+
+
+def writable_home_dir(folder: Path, error: type[Exception], alternative: str = "") -> Path:
+    """Create ``folder`` (under ``$SWIFTSAM_HOME``) and check that files can be written in it: an unwritable
+    ``SWIFTSAM_HOME`` is reported as ``error`` saying what to do (``alternative``: another way round it)."""
+    try:
+        probe_dir(folder)
+    except OSError as e:
+        raise error(
+            f"cannot write to {folder} ({e.strerror or e}): the swiftsam cache (SWIFTSAM_HOME={swiftsam_home()}) "
+            f"must be a writable folder. Set SWIFTSAM_HOME to one (export SWIFTSAM_HOME=/path/to/writable/folder)"
+            + (f", {alternative}." if alternative else ".")
+        ) from None
+    return folder
 
 
 def cache_dir() -> Path:
@@ -77,6 +91,7 @@ def download(entry: ModelEntry, progress: bool = True, timeout: float = 30.0, fo
     target = cached_path(w)
     if target.exists() and not force:
         return target
+    writable_home_dir(target.parent, DownloadError, f"or download {w.filename} yourself and pass --checkpoint PATH")
     failures = []
     for url in candidate_urls(w):
         try:

@@ -150,24 +150,43 @@ for depth in ("18", "34", "50"):
 
 # The project's own models (docs/models.md): a ResNet34 SAM trained from scratch on the shared open data
 # (train-masks, box prompts with a box-shaped mask prior), and a ResNet18 encoder distilled from it
-# NanoSAM-style, which keeps the teacher's prompt encoder and mask decoder. fp16 weights ship in the package.
+# NanoSAM-style, which keeps the teacher's prompt encoder and mask decoder. Only the student's fp16 weights ship
+# in the package (the tree stays small enough for a GPU test machine); the teacher is retrained from its config
+# or restored from the git history (scripts/restore_teacher.py, README "The project's own models").
 _OWN_SHA = {
     "swiftsam-decoder.fp16.pt": "4fb600b4c4ea77dd8f77a03d4ba604cc61350b5b4059ca4276dae296b3176aa5",
     "swiftsam-r18-encoder.fp16.pt": "b66c09bde3e960de0f0bea0e74cff8da3145e5b2b4e94b94b0c3dd54107bbb51",
-    "swiftsam-r34-encoder.fp16.pt": "026f8b4e449d16313f46a2d4656a6d9fc2761251dc4b4422384ec6089dcec29c",
 }
 # The student runs at 256 px by default: its box-protocol mIoU on coco-mini val is the same from 256 to 640 px
 # (0.5857-0.5861) and 256 px halves its encoder time (docs/models.md, "Input size").
-for depth, size, role, aliases in (("18", 256, "student, the default model", ("swiftsam", "swiftsam-student")),
-                                   ("34", 512, "teacher", ("swiftsam-teacher",))):
-    files = (f"swiftsam-r{depth}-encoder.fp16.pt", "swiftsam-decoder.fp16.pt")
-    register(ModelEntry(
-        name=f"swiftsam-r{depth}",
-        family="swiftsam",
-        builder=lambda input_size=size, _d=depth: _nanosam(f"resnet{_d}", input_size),
-        spec=ImageSpec(input_size=size),
-        description=f"swiftsam's own ResNet{depth} SAM at {size} px ({role}; trained on open data, bundled)",
-        bundled=Bundled(files, tuple(_OWN_SHA[f] for f in files)),
-        box_mask_prior=True,
-        aliases=aliases,
-    ))
+_STUDENT_FILES = ("swiftsam-r18-encoder.fp16.pt", "swiftsam-decoder.fp16.pt")
+# Segment-everything defaults for the student's weights (SAM's keep nothing: its predicted IoUs stay below ~0.45,
+# its logits below ~5). Calibrated on coco-mini val (benchmarks/everything.md, "Default settings per model"): a
+# 16 x 16 grid (one point per cell of its encoder's 16 x 16 feature map at 256 px; 32 x 32 costs 4x the decoding),
+# predicted IoU > 0.15, stability >= 0.7 at logit offsets +-0.5 (its logits rarely pass 5, so SAM's +-1.0 spans most
+# of them), and for the hierarchical strategy a coverage logit of 2.0 (about a quarter of a mask's pixels pass it).
+_STUDENT_EVERYTHING = {"points_per_side": 16, "pred_iou_thresh": 0.15, "stability_score_thresh": 0.7,
+                       "stability_score_offset": 0.5, "high_score_thresh": 2.0}
+register(ModelEntry(
+    name="swiftsam-r18",
+    family="swiftsam",
+    builder=lambda input_size=256: _nanosam("resnet18", input_size),
+    spec=ImageSpec(input_size=256),
+    description="swiftsam's own ResNet18 SAM at 256 px (student, the default model; trained on open data, bundled)",
+    bundled=Bundled(_STUDENT_FILES, tuple(_OWN_SHA[f] for f in _STUDENT_FILES)),
+    box_mask_prior=True,
+    aliases=("swiftsam", "swiftsam-student"),
+    everything=_STUDENT_EVERYTHING,
+))
+register(ModelEntry(
+    name="swiftsam-r34",
+    family="swiftsam",
+    builder=lambda input_size=512: _nanosam("resnet34", input_size),
+    spec=ImageSpec(input_size=512),
+    description="swiftsam's own ResNet34 SAM at 512 px (the student's teacher; not bundled: checkpoint=)",
+    box_mask_prior=True,
+    aliases=("swiftsam-teacher",),
+    weights_note="its weights do not ship with the package: restore them with `python scripts/restore_teacher.py "
+                 "--out swiftsam-r34.pt` (from the git history) or retrain them with `swiftsam train "
+                 "benchmarks/configs/swiftsam-teacher.yaml`, then pass checkpoint=swiftsam-r34.pt",
+))

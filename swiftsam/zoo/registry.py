@@ -34,6 +34,11 @@ class Bundled:
             raise ValueError("Bundled: one sha256 per file")
 
 
+# the MaskGenerator settings a model can carry defaults for (swiftsam.everything.SAM_DEFAULTS has them all)
+EVERYTHING_KEYS = frozenset({"points_per_side", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset",
+                             "high_score_thresh"})
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -53,6 +58,17 @@ class ModelEntry:
     bundled: Bundled | None = None
     # trained with box prompts also given as box-shaped mask inputs (TrainConfig.box_mask_prior)
     box_mask_prior: bool = False
+    # where to get weights when there is no official checkpoint (shown in the "pass checkpoint=" error)
+    weights_note: str = ""
+    # segment-everything defaults calibrated for these weights (MaskGenerator keyword -> value, e.g.
+    # pred_iou_thresh); None: SAM's (swiftsam.everything.SAM_DEFAULTS). Attached as model.everything_defaults.
+    everything: dict | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.everything or {}) - EVERYTHING_KEYS
+        if unknown:
+            raise ValueError(f"{self.name}: unknown everything default(s) {sorted(unknown)}; "
+                             f"choose from {sorted(EVERYTHING_KEYS)}")
 
     def build(self, **kwargs) -> Sam:
         """A model with freshly initialised weights."""
