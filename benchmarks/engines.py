@@ -31,6 +31,7 @@ import swiftsam  # noqa: E402
 from swiftsam import Predictor  # noqa: E402
 from swiftsam.engines.optimize import count_foldable  # noqa: E402
 from swiftsam.image_io import load_image  # noqa: E402
+from swiftsam.masks import mask_iou  # noqa: E402
 from swiftsam.zoo.checkpoint import load_checkpoint  # noqa: E402
 from tests.conftest import randomize_  # noqa: E402  (installs the torchvision/timm stubs the references need)
 from tests.reference_models import reference_efficientvit, reference_mobilesam, reference_sam_vit  # noqa: E402
@@ -71,11 +72,6 @@ def median_time(fn, repeats: int, warmup: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def bench_model(name: str, image: np.ndarray, box: np.ndarray, repeats: int, warmup: int) -> dict:
@@ -126,7 +122,7 @@ def bench_model(name: str, image: np.ndarray, box: np.ndarray, repeats: int, war
         if baseline is None:
             baseline = (emb, mask)
         row["embedding_max_abs_vs_fp32"] = float((emb - baseline[0]).abs().max())
-        row["mask_iou_vs_fp32"] = iou(mask, baseline[1])
+        row["mask_iou_vs_fp32"] = mask_iou(mask, baseline[1])
         rows[label] = row
     return rows
 

@@ -31,8 +31,9 @@ from swiftsam.eval.dataset import CocoImages  # noqa: E402
 from swiftsam.everything.mask_ops import encode_rle, masks_to_boxes, point_grid, stability_score  # noqa: E402
 from swiftsam.everything.nms import batched_nms  # noqa: E402
 from swiftsam.image_io import load_image  # noqa: E402
-from swiftsam.modeling.prompt_decoder import flatten_prompts  # noqa: E402
-from swiftsam.transforms import postprocess_masks, to_prompt_frame  # noqa: E402
+from swiftsam.modeling.prompt_decoder import choose_outputs  # noqa: E402
+from swiftsam.prompts import PromptBatch  # noqa: E402
+from swiftsam.transforms import postprocess_masks  # noqa: E402
 from swiftsam.utils import atomic_path  # noqa: E402
 
 VAL = ROOT.parent / "shared" / "data" / "coco-mini"
@@ -51,13 +52,10 @@ def candidates(pred: Predictor, image: np.ndarray, n: int, batch: int, gt_rles: 
     thr = model.mask_threshold
     for i in range(0, len(pts), batch):
         p = pts[i:i + batch]
-        k = len(p)
-        frame = to_prompt_frame(p, hw, model.spec.prompt_size)
-        coords, labels = flatten_prompts(torch.as_tensor(frame, dtype=torch.float32)[:, None], torch.ones(k, 1),
-                                         None, k, pred.device)
-        mask_in = torch.zeros((k, 1, *model.prompt_encoder.mask_input_size), device=pred.device)
-        low, iou = pred.engine.decode(pred.features, coords, labels, mask_in, torch.zeros(k, device=pred.device))
-        low, iou = low[:, 1:].flatten(0, 1), iou[:, 1:].flatten().float().cpu()
+        prompts = PromptBatch.from_pixels(model, hw, point_coords=p[:, None], point_labels=np.ones((len(p), 1)),
+                                          device=pred.device)
+        low, iou = choose_outputs(*pred.decode(prompts), "multimask", multimask_only=model.multimask_only)
+        low, iou = low.flatten(0, 1), iou.flatten().float().cpu()
         for s in range(0, len(iou), 48):
             logits = postprocess_masks(low[s:s + 48][:, None].float(), hw, model.spec.prompt_size)[:, 0].cpu()
             masks = logits > thr

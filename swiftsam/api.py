@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, DownloadError, InputError
+from .modeling.contract import ModelContract
 from .modeling.sam import Sam
 from .zoo import get_entry
 from .zoo.checkpoint import load_checkpoint, read_checkpoint
@@ -31,10 +32,7 @@ def build(name: str, **kwargs) -> Sam:
         model = entry.build(**kwargs)
     except ValueError as e:  # the builder's own check of its settings (e.g. a size the encoder cannot take)
         raise InputError(f"{entry.name} cannot be built with {kwargs}: {e}.") from None
-    model.zoo_name = entry.name
-    model.multimask_only = entry.multimask_only
-    model.box_mask_prior = entry.box_mask_prior
-    model.everything_defaults = dict(entry.everything or {})  # MaskGenerator's defaults for this model
+    model.contract = model.contract.replace(name=entry.name, **entry.policy())
     return model.eval()
 
 
@@ -88,17 +86,16 @@ def load(
     else:
         path = Path(checkpoint)
     if entry.loader is not None:  # a format of its own, read by a restricted loader
-        model = entry.loader(str(path))
-        model.multimask_only = entry.multimask_only
+        model = entry.loader(str(path), lambda: build(entry.name, **kwargs))
+        model.contract = model.contract.replace(name=entry.name, **entry.policy())
         model.weights_source = str(path)
-        model.everything_defaults = dict(entry.everything or {})
         return model.to(device) if device is not None else model
     state, meta = read_checkpoint(path, weights_only=not allow_pickle)
     recorded = meta.get("model")
     if meta.get("input_size") and "input_size" not in kwargs and "input_size" in inspect.signature(entry.builder).parameters:
         kwargs["input_size"] = int(meta["input_size"])  # the size it was trained at, unless the caller says otherwise
     model = build(entry.name, **kwargs)
-    from .quant.ptq import prepare_for_state
+    from .modeling.quant import prepare_for_state
 
     prepare_for_state(model, state)  # a swiftsam W8A8 checkpoint: quantized layers come back with their scales
     try:
@@ -108,7 +105,11 @@ def load(
             raise CheckpointError(f"{path} holds {recorded} weights (recorded when swiftsam saved it), which do not fit "
                                   f"{entry.name}: load it as {recorded} (--model {recorded}).\n{e}") from None
         raise
-    if "box_mask_prior" in meta:
+    if "contract" in meta:  # the output policy it was trained and saved with
+        saved = ModelContract.from_dict(meta["contract"])
+        model.contract = model.contract.replace(multimask_only=saved.multimask_only,
+                                                box_mask_prior=saved.box_mask_prior, everything=saved.everything)
+    elif "box_mask_prior" in meta:
         model.box_mask_prior = bool(meta["box_mask_prior"])
     if box_mask_prior is not None:
         model.box_mask_prior = box_mask_prior
@@ -120,3 +121,35 @@ def load(
             f"to silence this warning.", UserWarning, stacklevel=2)
     model.weights_source = str(path)
     return model.to(device) if device is not None else model
+
+
+def load_export(onnx_dir: str | os.PathLike[str]) -> Sam:
+    """The model of an export folder (``swiftsam export``), without its torch weights: the architecture on
+    PyTorch's meta device (no memory, no computation) carrying the contract the manifest recorded (input
+    size, pixel mean/std, box mask prior, output policy). Run it with the folder's graphs:
+    ``Predictor(load_export(DIR), engine="onnxruntime", onnx_dir=DIR)`` or ``Predictor.from_export(DIR)``."""
+    from .errors import EngineError
+    from .export.onnx import read_manifest
+
+    folder = Path(onnx_dir)
+    manifest = read_manifest(folder)
+    if "contract" not in manifest:
+        raise EngineError(f"{folder} was exported by an older swiftsam, without the model's contract: export the "
+                          f"model again (swiftsam export MODEL --out {folder}) to run it without its weights.")
+    try:
+        contract = ModelContract.from_dict(manifest["contract"])
+    except ValueError as e:
+        raise EngineError(f"{folder}/manifest.json: {e}; export the model again.") from None
+    if not contract.name:
+        raise EngineError(f"{folder} holds a model built by hand (no zoo name): load its weights and pass the model.")
+    entry = get_entry(contract.name)
+    size = {"input_size": contract.image.input_size} if "input_size" in inspect.signature(entry.builder).parameters else {}
+    with torch.device("meta"):
+        model = build(entry.name, **size)
+    if model.contract.image != contract.image or model.contract.features != contract.features:
+        raise EngineError(f"{folder} was exported from a {contract.name} that this swiftsam builds differently "
+                          f"({contract.image} vs {model.contract.image}); export it again with this version.")
+    model.contract = contract
+    model.export_dir = str(folder)
+    model.weights_source = manifest.get("weights") or f"{folder} (exported graphs)"
+    return model

@@ -1,4 +1,4 @@
-"""Reading images from arrays, PIL images or files into H x W x 3 uint8 RGB.
+"""Reading images from arrays, PIL images or files into H x W x 3 uint8 RGB, and finding image files.
 
 What the array holds is what every image viewer shows:
 
@@ -25,6 +25,8 @@ from .errors import InputError
 
 ImageLike = Union[np.ndarray, Image.Image, str, os.PathLike]
 MaxPixels = Union[int, None, Literal["pil"]]
+# the image files a folder is searched for (any case): everything mode, training, quantization calibration
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 _PIL_LIMIT_LOCK = threading.Lock()
 
@@ -61,6 +63,27 @@ def load_image(image: ImageLike, max_pixels: MaxPixels = "pil", orient: bool = T
     if not isinstance(image, np.ndarray):
         raise InputError(f"expected an image as a numpy array, PIL image or path, got {type(image).__name__}.")
     return _normalise_array(image)
+
+
+def list_images(source: str | os.PathLike[str], recursive: bool = False, what: str = "image") -> list[Path]:
+    """The image files of ``source``, sorted: the folder's files with an image suffix (``IMAGE_SUFFIXES``, any
+    case; in subfolders too when ``recursive``), or ``source`` itself when it is a file.
+
+    ``what`` names the folder in errors (``"calibration"``: "calibration folder not found: ...").
+    """
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{what} folder not found: {path} is neither an image file nor a folder.")
+    found = path.rglob("*") if recursive else path.iterdir()
+    images = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        others = ", ".join(s for s in IMAGE_SUFFIXES if s not in (".jpg", ".png"))
+        where = f"under {path} (searched recursively)" if recursive else f"in {path}"
+        kind = "images" if what == "image" else f"{what} images"
+        raise InputError(f"no .jpg or .png images (nor {others}) {where}: give a folder of {kind}.")
+    return images
 
 
 def _read_file(path: Path, max_pixels: MaxPixels, orient: bool = True) -> np.ndarray:

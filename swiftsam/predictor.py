@@ -15,16 +15,27 @@ import torch
 from .engines import Engine, get_engine
 from .errors import InputError
 from .image_io import ImageLike, load_image
-from .modeling.prompt_decoder import flatten_prompts
+from .modeling.prompt_decoder import OUTPUT_REQUESTS, choose_outputs
+from .modeling.contract import ModelContract
 from .modeling.sam import Sam
-from .prompts import box_prior_logits, check_boxes, check_mask_input, check_points, check_prompt_tensors
-from .transforms import postprocess_masks, resized_shape, to_prompt_frame
+from .prompts import PromptBatch, check_boxes, check_mask_input, check_points, check_prompt_tensors
+from .transforms import postprocess_masks, preprocess_image, resized_shape
 from .utils import save_torch_atomic
 
 EMBEDDING_FORMAT = "swiftsam-embedding/1"
 
 
 class Predictor:
+    """Segments one image at a time: encode it once (``set_image``), then decode any number of prompts.
+
+    It owns the image state (the embedding, ``original_size``; saved and loaded with ``save_embedding`` /
+    ``load_embedding``) and the prompt path: prompts in pixels are checked and built into a
+    ``prompts.PromptBatch`` (prompt frame, box corners, padding, box mask prior), decoded by ``decode`` (the one
+    call to the engine), reduced by the output policy (``modeling.prompt_decoder.choose_outputs``: multimask,
+    single, or the best of some) and upsampled to the image. The engine (torch, onnxruntime, tensorrt) owns
+    the compute; the model's contract (``contract``) says how prompts and outputs are read.
+    """
+
     def __init__(self, model: Sam | str | None = None, checkpoint: str | os.PathLike[str] | None = None,
                  device: str | torch.device | None = None, engine: str | Engine = "auto", **engine_options) -> None:
         """``engine``: auto | torch | onnxruntime | tensorrt (see ``swiftsam.engines``); ``engine_options``
@@ -39,6 +50,16 @@ class Predictor:
         self.model = model.eval()
         self.engine = get_engine(engine, self.model, **engine_options)
         self.reset_image()
+
+    @classmethod
+    def from_export(cls, onnx_dir: str | os.PathLike[str], engine: str = "onnxruntime", **engine_options) -> Predictor:
+        """A Predictor that runs the graphs of an export folder (``swiftsam export``) with no torch weights: input
+        size, pixel mean/std, box mask prior and output policy come from its manifest's model contract."""
+        from .api import load_export
+
+        if engine not in ("onnxruntime", "tensorrt"):
+            raise InputError(f"an export folder runs on onnxruntime or tensorrt, not {engine!r}.")
+        return cls(load_export(onnx_dir), engine=engine, onnx_dir=onnx_dir, **engine_options)
 
     # ------------------------------------------------------------------ image
     def reset_image(self) -> None:
@@ -65,7 +86,7 @@ class Predictor:
         array = load_image(image)
         if image_format == "BGR":
             array = np.ascontiguousarray(array[..., ::-1])
-        x, _ = self.model.preprocess(array)
+        x, _ = preprocess_image(array, self.model.spec, self.device)  # from the contract: no weights needed
         self.set_image_embedding(self.engine.encode(x), array.shape[:2])
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -73,9 +94,9 @@ class Predictor:
         return self.features
 
     def set_image_embedding(self, embedding: torch.Tensor, original_size: tuple[int, int]) -> None:
-        """Use a precomputed embedding (1 x 256 x 64 x 64) of an image of ``original_size`` (H, W)."""
-        pe = self.model.prompt_encoder
-        want = (1, pe.embed_dim, *pe.image_embedding_size)
+        """Use a precomputed embedding (1 x C x H x W, the contract's ``embedding_shape``: 1 x 256 x 64 x 64 for
+        SAM 1 models) of an image of ``original_size`` (H, W)."""
+        want = (1, *self.model.contract.embedding_shape)
         if tuple(embedding.shape) != want:
             raise InputError(f"embedding must have shape {want}, got {tuple(embedding.shape)}.")
         h, w = (int(v) for v in original_size)
@@ -91,6 +112,7 @@ class Predictor:
         payload = {
             "format": EMBEDDING_FORMAT,
             "model": self.model.zoo_name or "",
+            "contract": self.model.contract.to_dict(),  # the embedding is only valid for this image spec
             "embedding": self.features.detach().cpu(),
             "original_size": torch.tensor(self.original_size),
         }
@@ -109,9 +131,20 @@ class Predictor:
         ours = self.model.zoo_name or ""
         if payload["model"] and ours and payload["model"] != ours:
             raise InputError(f"{path} was computed by {payload['model']}, but this predictor runs {ours}.")
+        if "contract" in payload:  # files written before the contract existed carry only the model name
+            theirs = ModelContract.from_dict(payload["contract"]).image
+            if theirs != self.model.spec:
+                raise InputError(f"{path} was computed at input size {theirs.input_size} ({theirs}); this predictor "
+                                 f"runs {self.model.spec}: encode the image again, or load the model as it was.")
         self.set_image_embedding(payload["embedding"], tuple(payload["original_size"].tolist()))
 
     # ---------------------------------------------------------------- prompts
+    @property
+    def contract(self):
+        """The model's contract (``modeling.contract.ModelContract``): prompt frame, mask-input size, output
+        policy and box mask prior, all that prompts and outputs depend on."""
+        return self.model.contract
+
     def predict(
         self,
         point_coords: np.ndarray | None = None,
@@ -135,8 +168,9 @@ class Predictor:
             self._require_image()
             check_boxes(box, self.original_size)
         if mask_input is not None:
-            check_mask_input(mask_input, self.model.prompt_encoder.mask_input_size)
-        masks, scores, low = self.predict_batch(*batched, multimask_output=multimask_output, return_logits=return_logits)
+            check_mask_input(mask_input, tuple(self.contract.mask_input_size))
+        masks, scores, low = self.predict_batch(*batched, multimask_output=multimask_output,
+                                                return_logits=return_logits)
         return masks[0], scores[0], low[0]
 
     def predict_batch(
@@ -152,33 +186,9 @@ class Predictor:
         (B, 1, 256, 256). Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, 256, 256).
         """
         self._require_image()
-        if point_coords is None and point_labels is not None:
-            raise InputError("point_labels were given without point_coords.")
-        if point_coords is None and boxes is None and mask_input is None:
-            raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
-        dev = self.device
-        coords_t = labels_t = boxes_t = mask_t = None
-        sizes = []
-        if point_coords is not None:
-            c, lab = check_points(point_coords, point_labels, self.original_size, batched=True)
-            c = to_prompt_frame(c, self.original_size, self.model.spec.prompt_size)
-            coords_t = torch.as_tensor(c, dtype=torch.float32, device=dev)
-            labels_t = torch.as_tensor(lab, dtype=torch.int64, device=dev)
-            sizes.append(c.shape[0])
-        if boxes is not None:
-            b = check_boxes(boxes, self.original_size, batched=True)
-            b = to_prompt_frame(b.reshape(-1, 2, 2), self.original_size, self.model.spec.prompt_size).reshape(-1, 4)
-            boxes_t = torch.as_tensor(b, dtype=torch.float32, device=dev)
-            sizes.append(b.shape[0])
-        if mask_input is not None:
-            m = np.asarray(mask_input)
-            m = m[:, None] if m.ndim == 3 else m
-            m = check_mask_input(m, self.model.prompt_encoder.mask_input_size, batch=m.shape[0] if m.ndim else 0)
-            mask_t = torch.as_tensor(m, dtype=torch.float32, device=dev)
-            sizes.append(m.shape[0])
-        if len(set(sizes)) > 1:
-            raise InputError(f"prompt batches differ in size (points, boxes, masks): {sizes}; give one of each per prompt.")
-        masks, scores, low = self._predict_torch(coords_t, labels_t, boxes_t, mask_t, multimask_output, return_logits)
+        prompts = PromptBatch.from_pixels(self.contract, self.original_size, point_coords, point_labels, boxes,
+                                          mask_input, device=self.device)
+        masks, scores, low = self._predict_torch(prompts, multimask_output, return_logits)
         return masks.cpu().numpy(), scores.float().cpu().numpy(), low.float().cpu().numpy()
 
     def predict_torch(
@@ -197,38 +207,39 @@ class Predictor:
         resized into the prompt frame); a bad prompt raises InputError.
         """
         self._require_image()
-        frame_hw = resized_shape(*self.original_size, self.model.spec.prompt_size)
+        frame_hw = resized_shape(*self.original_size, self.contract.image.prompt_size)
         check_prompt_tensors(point_coords, point_labels, boxes, mask_input, frame_hw,
-                             self.model.prompt_encoder.mask_input_size)
-        point_coords, point_labels, boxes, mask_input = (
-            None if t is None else torch.as_tensor(t) for t in (point_coords, point_labels, boxes, mask_input))
-        return self._predict_torch(point_coords, point_labels, boxes, mask_input, multimask_output, return_logits)
+                             tuple(self.contract.mask_input_size))
+        prompts = PromptBatch.from_frame(self.contract, point_coords, point_labels, boxes, mask_input,
+                                         device=self.device)
+        return self._predict_torch(prompts, multimask_output, return_logits)
 
     @torch.inference_mode()
-    def _predict_torch(self, point_coords: torch.Tensor | None, point_labels: torch.Tensor | None,
-                       boxes: torch.Tensor | None, mask_input: torch.Tensor | None, multimask_output: bool,
-                       return_logits: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """predict_torch on prompts already checked (by predict_batch or predict_torch)."""
-        self._require_image()
-        sizes = [t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None]
-        if not sizes:
-            raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
-        batch, dev = sizes[0], self.device
-        coords, labels = flatten_prompts(point_coords, point_labels, boxes, batch, dev)
-        if mask_input is None:
-            mask, has_mask = self._no_mask_prompt(boxes, batch, dev)
-        else:
-            mask, has_mask = mask_input.to(dev, torch.float32), torch.ones(batch, device=dev)
-        low, scores = self.engine.decode(self.features, coords, labels, mask, has_mask)
-        if multimask_output:
-            low, scores = low[:, 1:], scores[:, 1:]
-        elif self.model.multimask_only:  # the single-mask token was never trained: keep the best of the three
-            best = scores[:, 1:].argmax(dim=1, keepdim=True) + 1
-            low = low.gather(1, best[..., None, None].expand(-1, -1, *low.shape[-2:]))
-            scores = scores.gather(1, best)
-        else:
-            low, scores = low[:, :1], scores[:, :1]
-        masks = postprocess_masks(low, self.original_size, self.model.spec.prompt_size)
+    def decode(self, prompts: PromptBatch, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every output of the decoder for B prompts: low-res logits (B x 4 x 256 x 256) and predicted IoU
+        (B x 4); token 0 is the single-mask output, 1..3 the multimask outputs (``choose_outputs`` picks).
+
+        ``prompts``: a ``PromptBatch`` (``PromptBatch.from_pixels(predictor.contract, predictor.original_size,
+        ...)``). ``features``: the embedding to decode against, one for all prompts or one per prompt; by
+        default the image's, from ``set_image``. The one call to the engine's decoder: predict*, MaskGenerator,
+        evaluation and benchmarks all decode here (training runs the model's modules itself, with gradients).
+        """
+        if not isinstance(prompts, PromptBatch):
+            raise InputError(f"decode takes a swiftsam.prompts.PromptBatch (PromptBatch.from_pixels(...)), "
+                             f"got {type(prompts).__name__}.")
+        if features is None:
+            self._require_image()
+            features = self.features
+        return self.engine.decode(features, *prompts.to(self.device).tensors())
+
+    @torch.inference_mode()
+    def _predict_torch(self, prompts: PromptBatch, multimask_output: bool, return_logits: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """predict_torch on a PromptBatch: the multimask outputs, or the single-mask one (the output policy)."""
+        low, scores = self.decode(prompts)
+        request = "multimask" if multimask_output else "single"
+        low, scores = choose_outputs(low, scores, request, multimask_only=self.contract.multimask_only)
+        masks = postprocess_masks(low, self.original_size, self.contract.image.prompt_size)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, scores, low
@@ -241,61 +252,52 @@ class Predictor:
         boxes: np.ndarray | None = None,
         candidates: str = "multimask",
         chunk: int = 32,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """For each of B prompts the one mask the model rates best: masks (B, H, W) bool, scores (B,).
+        *,
+        mask_input: np.ndarray | None = None,
+        return_low_res: bool = False,
+    ) -> tuple[np.ndarray, ...]:
+        """For each of B prompts the one mask the model rates best: masks (B, H, W) bool, scores (B,), and with
+        ``return_low_res`` the chosen outputs' low-res logits (B, 1, 256, 256), which can come back as
+        ``mask_input`` (B, 1, 256, 256) with the next clicks.
 
         ``candidates``: "multimask" (best of the 3 multimask outputs), "all" (best of all 4 outputs,
-        the single-mask one included) or "single". Only the chosen masks are upsampled, ``chunk``
-        prompts at a time, so many prompts on a large image stay within memory.
+        the single-mask one included) or "single" (the single-mask output; for a model whose single-mask token
+        was never trained, ``multimask_only``, the best of the 3 as ``predict(multimask_output=False)``). Only
+        the chosen masks are upsampled, ``chunk`` prompts at a time, so many prompts on a large image stay
+        within memory.
         """
-        if candidates not in ("multimask", "all", "single"):
+        if candidates not in OUTPUT_REQUESTS:
             raise InputError(f"candidates must be 'multimask', 'all' or 'single', got {candidates!r}.")
         self._require_image()
-        ps = self.model.spec.prompt_size
-        coords_t = labels_t = boxes_t = None
         if point_coords is not None:
-            c, lab = check_points(point_coords, point_labels, self.original_size, batched=True)
-            coords_t = torch.as_tensor(to_prompt_frame(c, self.original_size, ps), dtype=torch.float32)
-            labels_t = torch.as_tensor(lab, dtype=torch.float32)
+            point_coords, point_labels = check_points(point_coords, point_labels, self.original_size, batched=True)
         if boxes is not None:
-            b = check_boxes(boxes, self.original_size, batched=True)
-            b = to_prompt_frame(b.reshape(-1, 2, 2), self.original_size, ps).reshape(-1, 4)
-            boxes_t = torch.as_tensor(b, dtype=torch.float32)
-        sizes = {t.shape[0] for t in (coords_t, boxes_t) if t is not None}
+            boxes = check_boxes(boxes, self.original_size, batched=True)
+        sizes = {len(a) for a in (point_coords, boxes) if a is not None}
         if not sizes or 0 in sizes:
             raise InputError("predict_best needs points or boxes (at least one prompt).")
         if len(sizes) > 1:
             raise InputError(f"points and boxes give different numbers of prompts: {sorted(sizes)}.")
         n = sizes.pop()
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input)
+            mask_input = check_mask_input(mask_input[:, None] if mask_input.ndim == 3 else mask_input,
+                                          tuple(self.contract.mask_input_size), batch=n)
         h, w = self.original_size
         masks, scores = np.zeros((n, h, w), bool), np.zeros(n, np.float32)
-        first = {"multimask": 1, "all": 0, "single": 0}[candidates]
-        last = {"multimask": 4, "all": 4, "single": 1}[candidates]
+        lows = np.zeros((n, 1, *self.contract.mask_input_size), np.float32) if return_low_res else None
         for start in range(0, n, chunk):
             sl = slice(start, min(n, start + chunk))
-            k, dev = sl.stop - sl.start, self.device
-            coords, labels = flatten_prompts(
-                None if coords_t is None else coords_t[sl], None if labels_t is None else labels_t[sl],
-                None if boxes_t is None else boxes_t[sl], k, dev)
-            mask_in, has_mask = self._no_mask_prompt(None if boxes_t is None else boxes_t[sl], k, dev)
-            low, iou = self.engine.decode(self.features, coords, labels, mask_in, has_mask)
-            best = iou[:, first:last].argmax(dim=1) + first
-            rows = torch.arange(k, device=best.device)
-            chosen = low[rows, best][:, None]
-            up = postprocess_masks(chosen, self.original_size, ps)[:, 0] > self.model.mask_threshold
-            masks[sl] = up.cpu().numpy()
-            scores[sl] = iou[rows, best].float().cpu().numpy()
-        return masks, scores
-
-    def _no_mask_prompt(self, boxes: torch.Tensor | None, batch: int, dev: torch.device
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mask input of prompts that bring none: zeros with has_mask 0, or, for a model trained
-        with the box mask prior, the box-shaped prior of each box with has_mask 1."""
-        size = self.model.prompt_encoder.mask_input_size
-        if boxes is not None and getattr(self.model, "box_mask_prior", False):
-            prior = box_prior_logits(boxes.to(dev, torch.float32), self.model.spec.prompt_size, size)
-            return prior, torch.ones(batch, device=dev)
-        return torch.zeros((batch, 1, *size), device=dev), torch.zeros(batch, device=dev)
+            part = [None if a is None else a[sl] for a in (point_coords, point_labels, boxes, mask_input)]
+            prompts = PromptBatch.from_pixels(self.contract, self.original_size, *part, device=self.device)
+            low, iou = self.decode(prompts)
+            low, iou = choose_outputs(low, iou, candidates, multimask_only=self.contract.multimask_only, best=True)
+            up = postprocess_masks(low, self.original_size, self.contract.image.prompt_size)[:, 0]
+            masks[sl] = (up > self.model.mask_threshold).cpu().numpy()
+            scores[sl] = iou[:, 0].float().cpu().numpy()
+            if lows is not None:
+                lows[sl] = low.float().cpu().numpy()
+        return (masks, scores, lows) if return_low_res else (masks, scores)
 
     def _require_image(self) -> None:
         if not self.is_image_set:

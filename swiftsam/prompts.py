@@ -1,10 +1,18 @@
-"""Validation of user prompts (points, labels, boxes, mask inputs) in original-image pixels."""
+"""User prompts: their validation in original-image pixels, and ``PromptBatch``, the one form every decoder
+call takes (SAM's flat prompt format in the prompt frame), built here from pixels."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 
 from .errors import InputError
+from .modeling.prompt_decoder import flatten_prompts
+from .modeling.stages import PROMPT_INPUTS
+from .transforms import to_prompt_frame
 
 VALID_LABELS = (-1, 0, 1)  # -1: padding, 0: background click, 1: foreground click
 TORCH_LABELS = (-1, 0, 1, 2, 3)  # predict_torch also takes box corners as points (as SAM's prompt encoder)
@@ -131,3 +139,119 @@ def box_prior_logits(boxes, prompt_size: int, size: tuple[int, int] = (256, 256)
     x0, y0, x1, y1 = (boxes[:, i, None] for i in range(4))
     inside = ((ys >= y0) & (ys <= y1))[:, :, None] & ((xs >= x0) & (xs <= x1))[:, None, :]
     return torch.where(inside, BOX_PRIOR_LOGIT, -BOX_PRIOR_LOGIT)[:, None]
+
+
+def _contract(model):
+    """A model's contract (``Sam.contract``), or the contract itself."""
+    return getattr(model, "contract", model)
+
+
+@dataclass(frozen=True, eq=False)
+class PromptBatch:
+    """B prompts in SAM's flat format, in the prompt frame: what ``Predictor.decode`` (and every engine's
+    decoder) takes. Fields in the ABI's order (``modeling.stages.PROMPT_INPUTS``):
+
+    * ``point_coords`` B x N x 2 float32, x, y in the prompt frame;
+    * ``point_labels`` B x N float32: 1 / 0 foreground / background click, 2 / 3 a box's top-left /
+      bottom-right corner, -1 padding ("not a point");
+    * ``mask_input`` B x 1 x h x w low-resolution logits (zeros when there is none);
+    * ``has_mask_input`` B float32, 1.0 where ``mask_input`` counts.
+
+    Build it with ``from_pixels`` (prompts in original-image pixels, checked as ``Predictor.predict`` checks
+    them) or ``from_frame`` (tensors already in the prompt frame): both scale, add the box corners and the
+    padding point, and give box prompts the box mask prior of models trained with it, in one place.
+    """
+
+    point_coords: torch.Tensor
+    point_labels: torch.Tensor
+    mask_input: torch.Tensor
+    has_mask_input: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.point_coords.shape[0]
+
+    def __getitem__(self, index: slice) -> PromptBatch:
+        """The prompts at ``index`` (a slice), e.g. to decode a large batch in chunks."""
+        return PromptBatch(*(t[index] for t in self.tensors()))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The four prompt tensors in the ABI's order, as ``Engine.decode`` takes them after the embedding."""
+        return tuple(getattr(self, name) for name in PROMPT_INPUTS)
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(*(t.to(device) for t in self.tensors()))
+
+    @staticmethod
+    def cat(parts: Sequence[PromptBatch]) -> PromptBatch:
+        """One batch of several (their points padded to the longest with -1 labels)."""
+        n = max(p.point_coords.shape[1] for p in parts)
+        coords, labels = [], []
+        for p in parts:
+            pad = n - p.point_coords.shape[1]
+            coords.append(torch.nn.functional.pad(p.point_coords, (0, 0, 0, pad)))
+            labels.append(torch.nn.functional.pad(p.point_labels, (0, pad), value=-1.0))
+        return PromptBatch(torch.cat(coords), torch.cat(labels), torch.cat([p.mask_input for p in parts]),
+                           torch.cat([p.has_mask_input for p in parts]))
+
+    @classmethod
+    def from_pixels(cls, model, original_size: tuple[int, int], point_coords: object = None,
+                    point_labels: object = None, boxes: object = None, mask_input: object = None, *,
+                    device: torch.device | str = "cpu") -> PromptBatch:
+        """B prompts in pixels of an image of ``original_size`` (H, W): points (B, N, 2) with labels (B, N)
+        (1 / 0), boxes (B, 4) as x0, y0, x1, y1, the low-res logits of earlier predictions (B, 1, h, w), any
+        combination. ``model``: a ``Sam`` or its contract (prompt frame, mask-input size, box mask prior).
+        Bad prompts raise InputError, saying what is wrong."""
+        if point_coords is None and point_labels is not None:
+            raise InputError("point_labels were given without point_coords.")
+        if point_coords is None and boxes is None and mask_input is None:
+            raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
+        contract = _contract(model)
+        ps = contract.image.prompt_size
+        coords_t = labels_t = boxes_t = mask_t = None
+        sizes = []
+        if point_coords is not None:
+            c, lab = check_points(point_coords, point_labels, original_size, batched=True)
+            coords_t = torch.as_tensor(to_prompt_frame(c, original_size, ps), dtype=torch.float32, device=device)
+            labels_t = torch.as_tensor(lab, dtype=torch.float32, device=device)
+            sizes.append(c.shape[0])
+        if boxes is not None:
+            b = check_boxes(boxes, original_size, batched=True)
+            b = to_prompt_frame(b.reshape(-1, 2, 2), original_size, ps).reshape(-1, 4)
+            boxes_t = torch.as_tensor(b, dtype=torch.float32, device=device)
+            sizes.append(b.shape[0])
+        if mask_input is not None:
+            m = np.asarray(mask_input)
+            m = m[:, None] if m.ndim == 3 else m
+            m = check_mask_input(m, tuple(contract.mask_input_size), batch=m.shape[0] if m.ndim else 0)
+            mask_t = torch.as_tensor(m, dtype=torch.float32, device=device)
+            sizes.append(m.shape[0])
+        if len(set(sizes)) > 1:
+            raise InputError(f"prompt batches differ in size (points, boxes, masks): {sizes}; "
+                             f"give one of each per prompt.")
+        return cls.from_frame(contract, coords_t, labels_t, boxes_t, mask_t, device=device)
+
+    @classmethod
+    def from_frame(cls, model, point_coords: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
+                   boxes: torch.Tensor | None = None, mask_input: torch.Tensor | None = None, *,
+                   device: torch.device | str = "cpu") -> PromptBatch:
+        """Prompts already in the prompt frame and checked (``check_prompt_tensors``): points (B, N, 2) with
+        labels (B, N), boxes (B, 4), mask_input (B, 1, h, w). Points come first, then the box corners; points
+        without a box get one padding point (as SAM's prompt encoder); a prompt without a mask input gets zeros
+        (has_mask_input 0) or, for a model trained with the box mask prior, its box as prior logits (1)."""
+        point_coords, point_labels, boxes, mask_input = (
+            None if t is None else torch.as_tensor(t) for t in (point_coords, point_labels, boxes, mask_input))
+        sizes = [t.shape[0] for t in (point_coords, boxes, mask_input) if t is not None]
+        if not sizes:
+            raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
+        contract = _contract(model)
+        batch = sizes[0]
+        coords, labels = flatten_prompts(point_coords, point_labels, boxes, batch, device)
+        size = tuple(contract.mask_input_size)
+        if mask_input is not None:
+            mask, has_mask = mask_input.to(device, torch.float32), torch.ones(batch, device=device)
+        elif boxes is not None and contract.box_mask_prior:
+            mask = box_prior_logits(boxes.to(device, torch.float32), contract.image.prompt_size, size)
+            has_mask = torch.ones(batch, device=device)
+        else:
+            mask, has_mask = torch.zeros((batch, 1, *size), device=device), torch.zeros(batch, device=device)
+        return cls(coords, labels, mask, has_mask)

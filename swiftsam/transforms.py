@@ -28,6 +28,20 @@ def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
     return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
+def preprocess_image(image: np.ndarray, spec, device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
+    """H x W x 3 uint8 RGB -> (1 x 3 x S x S tensor: resized as ``spec.geometry`` says, normalised with the
+    model's pixel mean/std, zero-padded bottom/right; the resized (h, w)). ``spec`` is the model's
+    ``ImageSpec`` (its contract's ``image``): this needs no weights, so an exported model preprocesses alike."""
+    resized = resize_longest_side(image, spec.input_size)
+    x = torch.from_numpy(np.ascontiguousarray(resized)).to(device).permute(2, 0, 1)[None].float()
+    mean = torch.tensor(spec.pixel_mean, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(spec.pixel_std, device=x.device).view(-1, 1, 1)
+    x = (x - mean) / std
+    h, w = resized.shape[:2]
+    s = spec.input_size
+    return F.pad(x, (0, s - w, 0, s - h)), (h, w)
+
+
 def _frame_scale(original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
     """(sx, sy) that take original-image pixels into the prompt frame."""
     old_h, old_w = original_size

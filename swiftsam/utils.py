@@ -1,9 +1,10 @@
-"""Small helpers: atomic file writes, removal of the temporaries a killed run leaves, lock files."""
+"""Small helpers: atomic file writes, file sha256, removal of the temporaries a killed run leaves, lock files."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import SwiftSamError
 
@@ -50,6 +52,29 @@ def save_torch_atomic(obj: object, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
     return Path(path)
+
+
+# ------------------------------------------------------------------ sha256
+CHUNK = 1 << 20  # bytes read at a time when hashing or copying a file
+
+
+def read_chunks(stream: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
+    """The bytes of an open binary ``stream`` (a file, an HTTP response), ``size`` at a time, to its end."""
+    return iter(lambda: stream.read(size), b"")
+
+
+def sha256_hex(chunks: Iterable[bytes]) -> str:
+    """The hex sha256 of the concatenated ``chunks`` (e.g. a download, hashed as it is written)."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB chunks: how checkpoints and weights are checked."""
+    with open(path, "rb") as f:
+        return sha256_hex(read_chunks(f))
 
 
 # ------------------------------------------------------------------ output checks

@@ -36,7 +36,7 @@ def no_model(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("the model was loaded before the outputs were checked")
 
-    monkeypatch.setattr(cli, "load", boom)
+    monkeypatch.setattr(cli.common, "load", boom)  # every command loads its model through cli.common
 
 
 @pytest.fixture
@@ -211,7 +211,7 @@ def test_input_size_is_taken_and_checked_by_every_command(command, tmp_path, mon
         seen.update(kwargs, name=name)
         raise InputError("stop here")  # what load() was given is all this test needs
 
-    monkeypatch.setattr(cli, "load", load)
+    monkeypatch.setattr(cli.common, "load", load)
     assert cli.main([*command, "--input-size", "512"]) == 2
     assert seen == {"name": "swiftsam-r18", "input_size": 512} and "stop here" in capsys.readouterr().err
     seen.clear()

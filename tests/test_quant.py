@@ -15,8 +15,8 @@ import swiftsam
 from swiftsam.engines import TorchEngine
 from swiftsam.errors import CheckpointError, InputError
 from swiftsam.quant import calibration_images, preprocessed, quant_layers, quantize_torch
-from swiftsam.quant.observers import RangeObserver, affine_params
-from swiftsam.quant.qtinysam import TinySamQuantConv2d, TinySamQuantLinear, TinySamQuantLinearPost, load_qtinysam
+from swiftsam.quant import RangeObserver, affine_params
+from swiftsam.quant import TinySamQuantConv2d, TinySamQuantLinear, TinySamQuantLinearPost, load_qtinysam
 from tests.conftest import SHARED, randomize_, test_image
 
 VAL = SHARED / "coco-mini" / "val2017"
@@ -207,7 +207,8 @@ def _craft_qtinysam(path, monkeypatch, seed=0):
     mm.mode = "quant_forward"
     mm.__class__ = fake(nn.Module, "quantization_layer.layers", "InferQuantMatMul")
     attn.matmul1 = mm
-    del model.spec  # ours, not TinySAM's; their Sam keeps an image_format string instead
+    del model.contract  # ours (the spec with it), not TinySAM's; their Sam keeps an image_format string instead
+    del model.image_encoder.feature_info  # ours too (the encoder's output layout)
     model.image_format = "RGB"
     torch.save(model, path)
     return quantized

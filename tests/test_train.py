@@ -126,8 +126,10 @@ def test_resume_after_interruption_is_exact(tmp_path, teacher_file):
     # the same weights give the same file: the sha256 in the model card is reproducible
     card_a, card_b = (json.loads((tmp_path / f"{x}/run/model_card.json").read_text()) for x in "ab")
     assert card_a["sha256"] == card_b["sha256"]
-    assert swiftsam.zoo.read_checkpoint(tmp_path / "a/run/model.pt")[1] == {
+    meta = swiftsam.zoo.read_checkpoint(tmp_path / "a/run/model.pt")[1]
+    assert {k: meta[k] for k in ("format", "model", "input_size", "box_mask_prior")} == {
         "format": "swiftsam-checkpoint/1", "model": "nanosam-r18", "input_size": SIZE, "box_mask_prior": False}
+    assert swiftsam.ModelContract.from_dict(meta["contract"]) == swiftsam.build("nanosam-r18", input_size=SIZE).contract
     assert losses(tmp_path / "a/run") == losses(tmp_path / "b/run")
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 10  # 5 steps x 2 images, all distinct at epoch 0
     with pytest.raises(InputError, match="other settings"):

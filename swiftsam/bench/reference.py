@@ -41,11 +41,6 @@ def _import(module: str, package: str):
         ) from None
 
 
-def reference_package(name: str) -> str | None:
-    """The PyPI package that is the reference for zoo model ``name``, or None."""
-    return PACKAGES.get(get_entry(name).family)
-
-
 def why_no_reference(name: str) -> str | None:
     """Why zoo model ``name`` has no reference implementation, or None when it has one."""
     family = get_entry(name).family

@@ -25,6 +25,7 @@ from ..engines import get_engine
 from ..errors import EngineError, InputError, SwiftSamError
 from ..image_io import load_image
 from ..modeling.sam import Sam
+from ..runtime import autocast
 from ..utils import atomic_path
 from ..zoo import get_entry
 from .measure import measure
@@ -145,12 +146,6 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
-
-
 def _build_model(name: str, size: int | None, device: torch.device, seed: int) -> Sam:
     entry = get_entry(name)
     native = entry.spec.input_size
@@ -226,7 +221,7 @@ def run_cell(cell: Cell, res: _Resources, image: np.ndarray) -> dict:
     if cell.implementation == "reference":
         impl = res.get(("reference", cell.model, cell.input_size), lambda: ReferenceWorkloads(model))
         describe = f"{impl.module} eager"
-        scope = lambda: _autocast(device, cell.precision)  # noqa: E731
+        scope = lambda: autocast(device, cell.precision)  # noqa: E731
     else:
         engine = res.get(("engine", cell.model, cell.input_size, cell.engine, cell.precision),
                          lambda: _make_engine(model, cell, config))

@@ -14,8 +14,11 @@ import numpy as np
 import torch
 
 from ..engines.base import Engine
+from ..modeling.prompt_decoder import choose_outputs
 from ..modeling.sam import Sam
-from ..transforms import postprocess_masks, to_prompt_frame
+from ..predictor import Predictor
+from ..prompts import PromptBatch
+from ..transforms import postprocess_masks
 
 Workload = Callable[[], object]
 
@@ -28,40 +31,40 @@ def example_boxes(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.concatenate([xy.min(axis=1), xy.max(axis=1)], axis=1)
 
 
-def box_prompts(boxes: np.ndarray, sizes: Sequence[tuple[int, int]], prompt_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boxes in pixels (one per image size) -> flat prompt (coords B x 2 x 2, labels B x 2)."""
-    coords = np.stack([to_prompt_frame(b.reshape(2, 2), s, prompt_size) for b, s in zip(boxes, sizes)])
-    labels = np.tile(np.array([[2.0, 3.0]]), (len(boxes), 1))
-    return torch.as_tensor(coords, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.float32)
-
-
 class SwiftsamWorkloads:
-    """Workloads for one swiftsam model run by one engine."""
+    """Workloads for one swiftsam model run by one engine, through a Predictor on that engine: the same prompt
+    batches, decoder call and output policy as ``Predictor.predict_batch``."""
 
     def __init__(self, model: Sam, engine: Engine) -> None:
         self.model = model
         self.engine = engine
+        self.predictor = Predictor(model, engine=engine)
+
+    def box_prompts(self, boxes: np.ndarray, sizes: Sequence[tuple[int, int]]) -> PromptBatch:
+        """Boxes in pixels, one per image size -> one PromptBatch (box corners, and the box mask prior of
+        models trained with it)."""
+        dev = self.predictor.device
+        if len(set(map(tuple, sizes))) == 1:
+            return PromptBatch.from_pixels(self.model, tuple(sizes[0]), boxes=boxes, device=dev)
+        return PromptBatch.cat([PromptBatch.from_pixels(self.model, s, boxes=b[None], device=dev)
+                                for b, s in zip(boxes, sizes)])
 
     def encoder(self, batch: torch.Tensor) -> Workload:
         return lambda: self.engine.encode(batch)
 
     def decoder(self, embedding: torch.Tensor, boxes: np.ndarray, image_size: tuple[int, int]) -> Workload:
-        n = len(boxes)
-        coords, labels = box_prompts(boxes, [image_size] * n, self.model.spec.prompt_size)
-        mask = torch.zeros((n, 1, *self.model.prompt_encoder.mask_input_size))
-        has_mask = torch.zeros(n)
-        return lambda: self.engine.decode(embedding, coords, labels, mask, has_mask)
+        prompts = self.box_prompts(boxes, [image_size] * len(boxes))
+        return lambda: self.predictor.decode(prompts, features=embedding)
 
     def segment(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> list[torch.Tensor]:
+        """One box per image -> its single-mask output (the output policy's "single") at the image's size."""
         model, spec = self.model, self.model.spec
         x = torch.cat([model.preprocess(im)[0] for im in images])
         emb = self.engine.encode(x)
         sizes = [im.shape[:2] for im in images]
-        coords, labels = box_prompts(boxes, sizes, spec.prompt_size)
-        n = len(images)
-        mask = torch.zeros((n, 1, *model.prompt_encoder.mask_input_size))
-        low, _ = self.engine.decode(emb, coords, labels, mask, torch.zeros(n))
-        return [postprocess_masks(low[i:i + 1, :1], s, spec.prompt_size)[0, 0] > model.mask_threshold
+        low, iou = self.predictor.decode(self.box_prompts(boxes, sizes), features=emb)
+        low, _ = choose_outputs(low, iou, "single", multimask_only=model.multimask_only)
+        return [postprocess_masks(low[i:i + 1], s, spec.prompt_size)[0, 0] > model.mask_threshold
                 for i, s in enumerate(sizes)]
 
     def pipeline(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> Workload:

@@ -103,22 +103,24 @@ class OrtEngine(Engine):
         providers = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider != "cpu" else [])
         again = (f"export it again (swiftsam export {model.zoo_name or 'MODEL'} ... --out {folder})" if onnx_dir is not None
                  else f"delete {folder} and it is exported again")
+        self._stages = model.stages
         self._encoder = _session(ort, folder / "encoder.onnx", options, providers, again)
         self._decoder = _session(ort, folder / "decoder.onnx", options, providers, again)
 
+    def _run(self, session, stage: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Run ``stage`` (``model.stages``: its input and output names) on float32 CPU arrays."""
+        spec = self._stages[stage]
+        feed = {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
+                for name, t in zip(spec.input_names, inputs, strict=True)}
+        return [torch.from_numpy(a) for a in session.run(spec.output_names, feed)]
+
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.detach().to("cpu", torch.float32).numpy()
-        (emb,) = self._encoder.run(["image_embeddings"], {"image": np.ascontiguousarray(x)})
-        return torch.from_numpy(emb)
+        return self._run(self._encoder, "encode", image)[0]
 
     def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        feed = {
-            "image_embeddings": image_embeddings, "point_coords": point_coords, "point_labels": point_labels,
-            "mask_input": mask_input, "has_mask_input": has_mask_input,
-        }
-        feed = {k: np.ascontiguousarray(v.detach().to("cpu", torch.float32).numpy()) for k, v in feed.items()}
-        low, iou = self._decoder.run(["low_res_masks", "iou_predictions"], feed)
-        return torch.from_numpy(low), torch.from_numpy(iou)
+        low, iou = self._run(self._decoder, "decode", image_embeddings, point_coords, point_labels, mask_input,
+                             has_mask_input)
+        return low, iou
 
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""

@@ -16,6 +16,7 @@ import torch
 from ..errors import EngineError
 from ..export.onnx import cached_export, check_export_matches, read_manifest
 from ..modeling.sam import Sam
+from ..modeling.stages import Stage
 from ..utils import atomic_path
 from ..zoo.hub import swiftsam_home
 from .base import Engine
@@ -120,6 +121,13 @@ class _TrtRunner:
         return out
 
 
+def _profile(stage: Stage, axes: dict[str, tuple[int, int, int]]) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """A TensorRT optimisation profile (min, opt, max shape per input) for ``stage``."""
+    return {name: tuple(shape) for name, shape in zip(
+        stage.input_names,
+        zip(*(stage.input_shapes({a: r[k] for a, r in axes.items()}).values() for k in range(3))), strict=True)}
+
+
 class TensorRTEngine(Engine):
     """Encoder and batched decoder as TensorRT engines (built on first use, then cached).
 
@@ -147,17 +155,11 @@ class TensorRTEngine(Engine):
         key = (f"{model.zoo_name or 'model'}-{manifest['fingerprint']}-{precision}{int8}-{gpu}-trt{trt.__version__}"
                f"-b{max_batch}-p{max_prompts}x{max_points}")
         root = swiftsam_home() / "tensorrt"
-        s = model.spec.input_size
-        profiles = {
-            "encoder": {"image": ((1, 3, s, s), (1, 3, s, s), (max_batch, 3, s, s))},
-            "decoder": {
-                "image_embeddings": ((1, 256, 64, 64), (1, 256, 64, 64), (max_prompts, 256, 64, 64)),
-                "point_coords": ((1, 1, 2), (1, 2, 2), (max_prompts, max_points, 2)),
-                "point_labels": ((1, 1), (1, 2), (max_prompts, max_points)),
-                "mask_input": ((1, 1, 256, 256), (1, 1, 256, 256), (max_prompts, 1, 256, 256)),
-                "has_mask_input": ((1,), (1,), (max_prompts,)),
-            },
-        }
+        # min / opt / max of every dynamic axis; the shapes themselves are the model's stages
+        axes = {"batch": (1, 1, max_batch), "embedding_batch": (1, 1, max_prompts), "prompts": (1, 1, max_prompts),
+                "points": (1, 2, max_points)}
+        stages = self._stages = model.stages
+        profiles = {part: _profile(stages[stage], axes) for part, stage in (("encoder", "encode"), ("decoder", "decode"))}
         self.paths = {}
         for part, profile in profiles.items():
             path = root / f"{key}-{part}.engine"
@@ -171,16 +173,19 @@ class TensorRTEngine(Engine):
     def device(self) -> torch.device:
         return torch.device("cuda")
 
+    def _run(self, runner: _TrtRunner, stage: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Run ``stage`` (``model.stages``: its input and output names) on float32 CUDA tensors."""
+        spec = self._stages[stage]
+        out = runner({n: t.to("cuda", torch.float32) for n, t in zip(spec.input_names, inputs, strict=True)})
+        return [out[n].float() for n in spec.output_names]
+
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self._encoder({"image": image.to("cuda", torch.float32)})["image_embeddings"].float()
+        return self._run(self._encoder, "encode", image)[0]
 
     def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        feed = {
-            "image_embeddings": image_embeddings, "point_coords": point_coords, "point_labels": point_labels,
-            "mask_input": mask_input, "has_mask_input": has_mask_input,
-        }
-        out = self._decoder({k: v.to("cuda", torch.float32) for k, v in feed.items()})
-        return out["low_res_masks"].float(), out["iou_predictions"].float()
+        low, iou = self._run(self._decoder, "decode", image_embeddings, point_coords, point_labels, mask_input,
+                             has_mask_input)
+        return low, iou
 
     def describe(self) -> str:
         return f"tensorrt[{self.precision}]"

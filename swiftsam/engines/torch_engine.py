@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from ..errors import EngineError
 from ..modeling.prompt_decoder import PromptDecoder
 from ..modeling.sam import Sam
+from ..runtime import PRECISIONS, autocast
 from .base import Engine
 from .optimize import count_foldable, fold_batch_norms
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -42,8 +40,8 @@ class TorchEngine(Engine):
         fold_bn: bool = True,
     ) -> None:
         super().__init__(model)
-        if dtype not in DTYPES:
-            raise EngineError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+        if dtype not in PRECISIONS:
+            raise EngineError(f"dtype must be one of {sorted(PRECISIONS)}, got {dtype!r}.")
         if compile_mode is not None and compile_mode not in COMPILE_MODES:
             raise EngineError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}.")
         if cuda_graphs and model.device.type != "cuda":
@@ -73,13 +71,8 @@ class TorchEngine(Engine):
     def device(self) -> torch.device:
         return self.model.device
 
-    def _autocast(self):
-        if self.dtype == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
-
     def _run_encoder(self, image: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
+        with autocast(self.device, self.dtype):
             return self._encoder(image).float()
 
     @torch.inference_mode()

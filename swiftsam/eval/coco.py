@@ -255,14 +255,14 @@ def format_summary(summary: dict) -> str:
 # ------------------------------------------------------------------ driver
 def distributed_context() -> tuple[int, int, Callable[[], None]]:
     """(rank, world size, barrier): torch.distributed over gloo under torchrun, trivial otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    from ..runtime import init_torchrun
+
+    d = init_torchrun("gloo")
+    if not d.active:
         return 0, 1, lambda: None
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size(), dist.barrier
+    return d.rank, d.world, dist.barrier
 
 
 def evaluate_coco(

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..image_io import MaxPixels, load_image
+from ..masks import encode_mask
 from ..optional import require
 
 
@@ -78,6 +79,5 @@ class CocoImages:
         return self.coco.annToMask(ann).astype(bool)
 
     def encode(self, mask: np.ndarray) -> dict:
-        rle = self.mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
-        return rle
+        """The COCO RLE of an H x W mask (``masks.encode_mask``: the same bytes as everything mode's)."""
+        return encode_mask(mask)

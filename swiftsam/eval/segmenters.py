@@ -18,6 +18,9 @@ from ..predictor import Predictor
 
 
 class PredictorSegmenter:
+    """A swiftsam Predictor as a segmenter: boxes and clicks go through ``Predictor.predict_best`` (the one prompt
+    path and output policy)."""
+
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         self.name = predictor.model.zoo_name or "model"
@@ -26,6 +29,7 @@ class PredictorSegmenter:
         self.predictor.set_image(image)
 
     def boxes(self, boxes: np.ndarray, candidates: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per box the output the model rates best among ``candidates`` (``Predictor.predict_best``)."""
         return self.predictor.predict_best(boxes=boxes, candidates=candidates)
 
     def clicks(self, points: np.ndarray, labels: np.ndarray, candidates: str, mask_input: np.ndarray | None = None,
@@ -36,19 +40,8 @@ class PredictorSegmenter:
         and the chosen outputs' low-res logits (K, 1, 256, 256), ``chunk`` prompts per decoder call."""
         if candidates not in ("multimask", "single", "all"):
             raise InputError(f"candidates must be 'multimask', 'all' or 'single', got {candidates!r}.")
-        out = {"masks": [], "scores": [], "logits": []}
-        for start in range(0, len(points), chunk):
-            sl = slice(start, start + chunk)
-            mask = None if mask_input is None else mask_input[sl]
-            runs = [False] if candidates == "single" else [True] if candidates == "multimask" else [False, True]
-            parts = [self.predictor.predict_batch(points[sl], labels[sl], mask_input=mask, multimask_output=multi)
-                     for multi in runs]
-            masks, scores, low = (np.concatenate([p[i] for p in parts], axis=1) for i in range(3))
-            best, rows = scores.argmax(axis=1), np.arange(len(scores))
-            out["masks"].append(masks[rows, best])
-            out["scores"].append(scores[rows, best])
-            out["logits"].append(low[rows, best][:, None])
-        return tuple(np.concatenate(v) for v in out.values())
+        return self.predictor.predict_best(points, labels, candidates=candidates, chunk=chunk, mask_input=mask_input,
+                                           return_low_res=True)
 
 
 def box_fill(box: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

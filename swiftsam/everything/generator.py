@@ -8,6 +8,7 @@ through the Predictor's engine, and RLEs come from pycocotools.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 import warnings
@@ -18,11 +19,11 @@ import torch
 
 from ..errors import InputError
 from ..image_io import ImageLike, load_image
-from ..modeling.prompt_decoder import flatten_prompts
+from ..modeling.prompt_decoder import choose_outputs
 from ..modeling.sam import Sam
 from ..predictor import Predictor
-from ..prompts import check_boxes
-from ..transforms import postprocess_masks, to_prompt_frame
+from ..prompts import PromptBatch, check_boxes
+from ..transforms import postprocess_masks
 from .mask_ops import (
     crop_boxes,
     decode_rle,
@@ -115,6 +116,10 @@ class GenerationStats:
 
 class MaskGenerator:
     """Automatic masks for a whole image.
+
+    ``model``: a zoo name, a ``Sam`` or a ``Predictor``; a Predictor given here lends its model and engine
+    and keeps its own image (the generator encodes each crop into a Predictor state of its own). Prompts go
+    the Predictor's one path: ``PromptBatch`` -> ``Predictor.decode`` -> ``choose_outputs``.
 
     ``strategy``:
 
@@ -211,7 +216,11 @@ class MaskGenerator:
             point_grids = [np.asarray(g, dtype=np.float64).reshape(-1, 2) for g in point_grids]
             if any(((g < 0) | (g > 1)).any() for g in point_grids):
                 raise InputError("point_grids must hold (x, y) points normalised to [0, 1].")
-        self.predictor = model if isinstance(model, Predictor) else Predictor(model, engine=engine, **engine_options)
+        # a Predictor of the generator's own: it holds the crops' embeddings, so a Predictor passed in keeps its
+        # image; given one, the generator's shares its model and engine (no second model, export or compile)
+        self.predictor = (copy.copy(model) if isinstance(model, Predictor)
+                          else Predictor(model, engine=engine, **engine_options))
+        self.predictor.reset_image()
         self.model = self.predictor.model
         self.strategy = strategy
         self.points_per_side = points_per_side
@@ -379,27 +388,19 @@ class MaskGenerator:
         self.stats.prompts += k
         if self._bar is not None:
             self._bar.update(k)
-        if is_box:
-            frame = to_prompt_frame(prompts.reshape(-1, 2, 2), crop_hw, ps).reshape(-1, 4)
-            coords, labels = flatten_prompts(None, None, torch.as_tensor(frame, dtype=torch.float32), k, dev)
+        contract = self.predictor.contract
+        if is_box:  # with the box mask prior for models trained with it, as predict(box=...)
+            batch = PromptBatch.from_pixels(contract, crop_hw, boxes=prompts, device=dev)
         else:
-            frame = to_prompt_frame(prompts, crop_hw, ps)
-            coords, labels = flatten_prompts(torch.as_tensor(frame, dtype=torch.float32)[:, None],
-                                             torch.ones(k, 1), None, k, dev)
-        mask_in = torch.zeros((k, 1, *self.model.prompt_encoder.mask_input_size), device=dev)
-        low, iou = self.predictor.engine.decode(self.predictor.features, coords, labels, mask_in,
-                                                torch.zeros(k, device=dev))
-        if not is_box:
-            low, iou = low[:, 1:], iou[:, 1:]  # the three multimask outputs, as SamAutomaticMaskGenerator
+            batch = PromptBatch.from_pixels(contract, crop_hw, point_coords=prompts[:, None],
+                                            point_labels=np.ones((k, 1)), device=dev)
+        low, iou = self.predictor.decode(batch)
+        if not is_box:  # the three multimask outputs, as SamAutomaticMaskGenerator
+            low, iou = choose_outputs(low, iou, "multimask", multimask_only=contract.multimask_only)
             points = torch.as_tensor(prompts, dtype=torch.float32).repeat_interleave(3, dim=0)
             prompt_boxes = torch.full((3 * k, 4), float("nan"))
-        else:
-            if self.model.multimask_only:
-                best = iou[:, 1:].argmax(dim=1) + 1
-            else:
-                best = torch.zeros(k, dtype=torch.int64, device=iou.device)
-            rows = torch.arange(k, device=iou.device)
-            low, iou = low[rows, best][:, None], iou[rows, best][:, None]
+        else:  # the single-mask output (the best of the three for models whose single-mask token is untrained)
+            low, iou = choose_outputs(low, iou, "single", multimask_only=contract.multimask_only)
             prompt_boxes = torch.as_tensor(prompts, dtype=torch.float32)
             points = (prompt_boxes[:, :2] + prompt_boxes[:, 2:]) / 2
         low, iou = low.flatten(0, 1), iou.flatten(0, 1).float().cpu()

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
+from ..masks import decode_rle, encode_rle, rle_area, uncompressed_rle  # noqa: F401  (the generator's RLEs)
 from ..optional import require
 
 
@@ -80,40 +80,6 @@ def near_crop_edge(boxes: torch.Tensor, crop: list[int], image_box: list[int], a
     at_crop = torch.isclose(shifted, crop_t[None], atol=atol, rtol=0)
     at_image = torch.isclose(shifted, image_t[None], atol=atol, rtol=0)
     return (at_crop & ~at_image).any(dim=1)
-
-
-def encode_rle(masks: np.ndarray) -> list[dict]:
-    """COCO RLEs (compressed, ``counts`` as str) of N x H x W boolean masks."""
-    if len(masks) == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    for r in rles:
-        r["counts"] = r["counts"].decode("ascii")
-    return rles
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """H x W boolean mask of a COCO RLE (compressed or uncompressed)."""
-    if isinstance(rle["counts"], list):
-        rle = mask_utils.frPyObjects(rle, *rle["size"])
-    elif isinstance(rle["counts"], str):
-        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
-
-
-def uncompressed_rle(mask: np.ndarray) -> dict:
-    """SAM's ``uncompressed_rle``: column-major run lengths, starting with a run of zeros."""
-    flat = mask.T.ravel().astype(np.int8)
-    change = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": list(mask.shape), "counts": counts}
-
-
-def rle_area(rle: dict) -> int:
-    return int(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}))
 
 
 def remove_small_regions(mask: np.ndarray, min_area: int, mode: str) -> tuple[np.ndarray, bool]:

@@ -13,32 +13,18 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError, SwiftSamError
-from ..image_io import MaxPixels, load_image
+from ..image_io import MaxPixels, list_images, load_image
+from ..masks import decode_rle
 from ..utils import FileLock, atomic_path, remove_stale_parts
 from ..visualize import PALETTE
 from .generator import MaskGenerator, NoMasksWarning
-from .mask_ops import decode_rle
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 RESULT_FORMAT = "swiftsam-everything/1"
 CONFIG_NAME = "everything.config.json"
 SUMMARY_NAME = "everything.summary.json"  # the last run's report: counts, failed images, dropped boxes
 SUMMARY_FORMAT = "swiftsam-everything-run/1"
 BOX_TOLERANCE = 1.0  # px: detector boxes this far outside the image are clipped, further out dropped
 STALE_PART_S = 60.0  # a temporary (atomic_path's .part) this old was left by a killed run: writes take moments
-
-
-def list_images(source: str | Path) -> list[Path]:
-    """One image file, or the images of a folder (sorted; not recursive)."""
-    path = Path(source)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not images:
-            raise InputError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}.")
-        return images
-    raise InputError(f"{path} is neither an image file nor a folder.")
 
 
 def load_box_prompts(path: str | Path, images: list[Path], annotations: str | Path | None = None,

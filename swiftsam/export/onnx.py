@@ -8,6 +8,7 @@ Files appear in the output folder only once written and checked.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -23,8 +24,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import EngineError
-from ..modeling.prompt_decoder import PromptDecoder
+from ..modeling.contract import ModelContract
+from ..modeling.prompt_decoder import PromptDecoder, best_tokens, take_tokens
 from ..modeling.sam import Sam
+from ..modeling.stages import Stage, sam_stages
 from ..utils import atomic_path, host_tag, pid_alive, remove_stale_parts
 
 OPSET = 17
@@ -44,15 +47,11 @@ BANNED_OPS = {
     "Scan": "control flow",
 }
 
-ENCODER_IO = (["image"], ["image_embeddings"])
-DECODER_IO = (
-    ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
-    ["low_res_masks", "iou_predictions"],
-)
-SAM_DECODER_IO = (
-    ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size"],
-    ["masks", "iou_predictions", "low_res_masks"],
-)
+# (input names, output names) of each exported graph: the stages' (modeling.stages), which spell SAM's flat
+# prompt ABI from modeling.prompt_decoder
+_STAGES = sam_stages(ModelContract())
+ENCODER_IO, DECODER_IO, SAM_DECODER_IO = ((_STAGES[s].input_names, _STAGES[s].output_names)
+                                          for s in ("encode", "decode", "sam_decode"))
 
 
 class SamOnnxDecoder(nn.Module):
@@ -61,8 +60,9 @@ class SamOnnxDecoder(nn.Module):
     Inputs: image_embeddings 1x256x64x64, point_coords 1xNx2 (prompt frame), point_labels 1xN,
     mask_input 1x1x256x256, has_mask_input (1,), orig_im_size (2,) float (H, W).
     Outputs: masks (logits at the original size), iou_predictions, low_res_masks; all 4 tokens,
-    or with ``return_single_mask`` SAM's rule: token 0 when there are more than 2 points
-    (padding included), else the best of tokens 1..3.
+    or with ``return_single_mask`` SAM's rule: the single-mask output (the output policy's "single": token 0,
+    or the best of 1..3 for a ``multimask_only`` model) when there are more than 2 points (padding
+    included), else the best of tokens 1..3.
     """
 
     def __init__(self, model: Sam, return_single_mask: bool = False) -> None:
@@ -70,15 +70,15 @@ class SamOnnxDecoder(nn.Module):
         self.decoder = PromptDecoder(model)
         self.prompt_size = model.spec.prompt_size
         self.return_single_mask = return_single_mask
+        self.multimask_only = model.multimask_only
 
     def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size):
         low, iou = self.decoder(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
         if self.return_single_mask:
             n_points = torch.ones_like(point_labels).sum(dim=1)
-            best_multi = iou[:, 1:].argmax(dim=1) + 1
-            pick = torch.where(n_points > 2.5, torch.zeros_like(best_multi), best_multi)
-            iou = iou.gather(1, pick[:, None])
-            low = low.gather(1, pick[:, None, None, None].expand(-1, 1, low.shape[2], low.shape[3]))
+            single = best_tokens(iou, "single", multimask_only=self.multimask_only)
+            best_multi = best_tokens(iou, "multimask", multimask_only=self.multimask_only)
+            low, iou = take_tokens(low, iou, torch.where(n_points > 2.5, single, best_multi))
         return self.upscale(low, orig_im_size), iou, low
 
     def upscale(self, low: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
@@ -142,49 +142,43 @@ def _trace(module: nn.Module, args: tuple, path: Path, io: tuple[list[str], list
         )
 
 
-def _example_prompts(batch: int, points: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(0)
-    coords = (torch.rand((batch, points, 2), generator=g) * 1000).to(device)
-    labels = torch.tensor([1.0, 0.0, 2.0, 3.0, -1.0] * points)[: batch * points].reshape(batch, points).to(device)
-    return coords, labels, torch.zeros((batch, 1, 256, 256), device=device), torch.ones(batch, device=device)
-
-
-def export_encoder(model: Sam, path: Path, opset: int = OPSET) -> None:
-    s = model.spec.input_size
-    x = torch.zeros((1, 3, s, s), device=model.device)
-    _trace(model.image_encoder, (x,), path, ENCODER_IO, {"image": {0: "batch"}, "image_embeddings": {0: "batch"}}, opset)
-
-
-def export_decoder(model: Sam, path: Path, opset: int = OPSET) -> None:
-    """Batched: B prompts x N points each, one shared embedding (or one per prompt)."""
-    emb = torch.zeros((1, 256, 64, 64), device=model.device)
-    dyn = {
-        "image_embeddings": {0: "embedding_batch"},
-        "point_coords": {0: "prompts", 1: "points"},
-        "point_labels": {0: "prompts", 1: "points"},
-        "mask_input": {0: "prompts"},
-        "has_mask_input": {0: "prompts"},
-        "iou_predictions": {0: "prompts"},
-        "low_res_masks": {0: "prompts"},
-    }
-    _trace(PromptDecoder(model), (emb, *_example_prompts(2, 3, model.device)), path, DECODER_IO, dyn, opset)
-
-
-def export_sam_decoder(model: Sam, path: Path, return_single_mask: bool = False, opset: int = OPSET) -> None:
-    emb = torch.zeros((1, 256, 64, 64), device=model.device)
-    coords, labels, mask, has = _example_prompts(1, 3, model.device)
-    size = torch.tensor([480.0, 640.0], device=model.device)
-    dyn = {"point_coords": {1: "points"}, "point_labels": {1: "points"},
-           "masks": {2: "height", 3: "width"}}
-    module = SamOnnxDecoder(model, return_single_mask)
-    _trace(module, (emb, coords, labels, mask, has[:1], size), path, SAM_DECODER_IO, dyn, opset)
-
-
-PARTS = {
-    "encoder": ("encoder.onnx", export_encoder, ENCODER_IO),
-    "decoder": ("decoder.onnx", export_decoder, DECODER_IO),
-    "sam_decoder": ("sam_decoder.onnx", export_sam_decoder, SAM_DECODER_IO),
+# export part -> (file, the model stage it holds, the module traced for it)
+EXPORTS: dict[str, tuple[str, str, Callable[[Sam, bool], nn.Module]]] = {
+    "encoder": ("encoder.onnx", "encode", lambda model, single: model.image_encoder),
+    "decoder": ("decoder.onnx", "decode", lambda model, single: PromptDecoder(model)),
+    "sam_decoder": ("sam_decoder.onnx", "sam_decode", lambda model, single: SamOnnxDecoder(model, single)),
 }
+PARTS = tuple(EXPORTS)
+
+
+def _example_inputs(stage: Stage, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Inputs to trace ``stage`` with: every dynamic axis above 1 where it can be, valid prompt values."""
+    shapes = stage.input_shapes({"batch": 1, "embedding_batch": 1, "prompts": 2, "points": 3})
+    g = torch.Generator().manual_seed(0)
+    values = []
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        if name == "point_coords":
+            t = torch.rand(shape, generator=g) * 1000
+        elif name == "point_labels":  # clicks, box corners and padding
+            t = torch.tensor([1.0, 0.0, 2.0, 3.0, -1.0] * n)[:n].reshape(shape)
+        elif name == "has_mask_input":
+            t = torch.ones(shape)
+        elif name == "orig_im_size":
+            t = torch.tensor([480.0, 640.0])
+        else:
+            t = torch.zeros(shape)
+        values.append(t.to(device))
+    return tuple(values)
+
+
+def export_part(model: Sam, part: str, path: Path, opset: int = OPSET, sam_single_mask: bool = False) -> Stage:
+    """Trace one export part of ``model`` (its stage's names, shapes and dynamic axes) into ``path``."""
+    _, stage_name, module = EXPORTS[part]
+    stage = sam_stages(model.contract, sam_single_mask)[stage_name]
+    _trace(module(model, sam_single_mask), _example_inputs(stage, model.device), path,
+           (stage.input_names, stage.output_names), stage.dynamic_axes(), opset)
+    return stage
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -221,7 +215,7 @@ def export_onnx(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    from .. import __version__
+    from ..version import __version__
 
     manifest = {
         "format": FORMAT,
@@ -233,6 +227,7 @@ def export_onnx(
         "spec": {"input_size": model.spec.input_size, "prompt_size": model.spec.prompt_size,
                  "pixel_mean": list(model.spec.pixel_mean), "pixel_std": list(model.spec.pixel_std)},
         "multimask_only": model.multimask_only,
+        "contract": model.contract.to_dict(),  # everything a Predictor needs to run these graphs alone
         "sam_single_mask": sam_single_mask,
         "quantization": getattr(model, "quantization", None),
         "files": {},
@@ -240,11 +235,10 @@ def export_onnx(
     remove_stale_temporaries(out)
     with tempfile.TemporaryDirectory(prefix=f".export-{host_tag()}-{os.getpid()}-", dir=out) as scratch:
         for part in parts:
-            filename, fn, io = PARTS[part]
+            filename = EXPORTS[part][0]
             tmp = Path(scratch) / filename
-            kwargs = {"return_single_mask": sam_single_mask} if part == "sam_decoder" else {}
             try:
-                fn(model, tmp, opset=opset, **kwargs)
+                stage = export_part(model, part, tmp, opset=opset, sam_single_mask=sam_single_mask)
             except EngineError:
                 raise
             except Exception as e:
@@ -252,7 +246,8 @@ def export_onnx(
             check_graph(tmp)
             for produced in sorted(Path(scratch).iterdir()):  # the graph plus any external-data file
                 os.replace(produced, out / produced.name)
-            manifest["files"][part] = {"file": filename, "inputs": io[0], "outputs": io[1]}
+            manifest["files"][part] = {"file": filename, "stage": stage.name, "inputs": stage.input_names,
+                                       "outputs": stage.output_names}
     previous = read_manifest(out) if (out / MANIFEST).exists() else None
     if previous and previous.get("fingerprint") == manifest["fingerprint"]:
         manifest["files"] = {**previous.get("files", {}), **manifest["files"]}
@@ -299,6 +294,8 @@ def check_export_matches(folder: str | os.PathLike[str], manifest: dict, model: 
     """Refuse an export folder made from other weights (or another input size) than ``model``: its graphs
     would run those weights silently."""
     expected = manifest.get("fingerprint")
+    if getattr(model, "export_dir", None) is not None and Path(model.export_dir) == Path(folder):
+        return  # the weightless model read from this very folder (swiftsam.load_export)
     actual = weights_fingerprint(model)
     if not expected or expected == actual:
         return

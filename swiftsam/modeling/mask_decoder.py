@@ -9,6 +9,16 @@ from .common import MLP, LayerNorm2d
 
 
 class MaskDecoder(nn.Module):
+    """SAM's mask decoder: from an image embedding and prompt embeddings to masks and their predicted IoU.
+
+    It owns the output tokens (one IoU token and ``num_mask_tokens`` = 1 + ``num_multimask_outputs`` mask
+    tokens: token 0 the single-mask output, 1..3 the multimask outputs), the two-way transformer between
+    tokens and image, the upscaling of the image side to 4x the embedding's resolution, one hypernetwork
+    MLP per mask token and the IoU head. It computes every token's output (``predict_all``); which to keep
+    is the caller's output policy (``prompt_decoder.choose_outputs``), not its concern. Module names equal
+    the authors' checkpoint keys.
+    """
+
     def __init__(
         self,
         *,

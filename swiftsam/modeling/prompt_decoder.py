@@ -11,10 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .sam import Sam
 
 PAD_LABEL = -1
 BOX_LABELS = (2, 3)
+# SAM's flat prompt ABI is spelled once, in modeling.stages (the decode stage's inputs and outputs).
+
+# what a caller asks of the four output tokens (see ``candidate_tokens``)
+OUTPUT_REQUESTS = ("multimask", "single", "all")
 
 
 class PromptDecoder(nn.Module):
@@ -89,3 +94,40 @@ def flatten_prompts(
         coords.append(boxes.to(device, torch.float32).reshape(batch, 2, 2))
         labels.append(torch.tensor([BOX_LABELS], dtype=torch.float32, device=device).expand(batch, 2))
     return torch.cat(coords, dim=1), torch.cat(labels, dim=1)
+
+
+# ----------------------------------------------------------------------------- output policy
+def candidate_tokens(request: str, multimask_only: bool) -> slice:
+    """Which of the decoder's output tokens a request keeps (token 0 is the single-mask output, 1..3 the
+    multimask outputs): "multimask" 1..3; "all" 0..3; "single" token 0, or 1..3 for a model whose single-mask
+    token was never trained (``multimask_only``, TinySAM), whose best of 1..3 stands in for it."""
+    if request not in OUTPUT_REQUESTS:
+        raise InputError(f"the output request must be 'multimask', 'single' or 'all', got {request!r}.")
+    if request == "all":
+        return slice(0, None)
+    if request == "multimask" or multimask_only:
+        return slice(1, None)
+    return slice(0, 1)
+
+
+def best_tokens(iou: torch.Tensor, request: str, *, multimask_only: bool) -> torch.Tensor:
+    """Per prompt (B x 4 IoU predictions) the index of the token a request rates best among its candidates."""
+    keep = candidate_tokens(request, multimask_only)
+    return iou[:, keep].argmax(dim=1) + keep.start
+
+
+def take_tokens(low: torch.Tensor, iou: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One output per prompt: low B x 1 x h x w and iou B x 1 at ``tokens`` (B,) (gather: export-friendly)."""
+    index = tokens[:, None]
+    return low.gather(1, index[..., None, None].expand(-1, -1, *low.shape[-2:])), iou.gather(1, index)
+
+
+def choose_outputs(low: torch.Tensor, iou: torch.Tensor, request: str, *, multimask_only: bool,
+                   best: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output policy: of the decoder's outputs (low-res logits B x 4 x h x w, IoU B x 4), those a request
+    keeps (``candidate_tokens``): all of them (B x C), or with ``best`` (always for "single") the one with the
+    highest predicted IoU (B x 1). The Predictor, MaskGenerator, evaluation and benchmarks all choose here."""
+    keep = candidate_tokens(request, multimask_only)
+    if not best and request != "single" or keep == slice(0, 1):
+        return low[:, keep], iou[:, keep]
+    return take_tokens(low, iou, best_tokens(iou, request, multimask_only=multimask_only))

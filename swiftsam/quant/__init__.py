@@ -1,5 +1,7 @@
-"""Quantization: W8A8 post-training quantization (PyTorch fake-quant, ONNX Runtime QDQ), quantization-aware
-training, TensorRT INT8 from QDQ graphs, and Q-TinySAM's checkpoint read without TinySAM's code."""
+"""Quantization runs: W8A8 post-training quantization (PyTorch fake-quant, ONNX Runtime QDQ), quantization-aware
+training, TensorRT INT8 from QDQ graphs, ``swiftsam quantize``. An application layer: the quantized layers and
+observers are modeling building blocks (``swiftsam.modeling.quant``) and Q-TinySAM's checkpoint is a zoo format
+(``swiftsam.zoo.qtinysam``); their names are re-exported here."""
 
 from __future__ import annotations
 
@@ -7,12 +9,32 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from .layers import QuantConv2d, QuantConvTranspose2d, QuantLinear, quant_layers
-from .observers import OBSERVERS, RangeObserver
+# the layers, observers and Q-TinySAM's twins are modeling building blocks; their names stay importable here
+from ..modeling.quant import (
+    OBSERVERS,
+    QuantConv2d,
+    QuantConvTranspose2d,
+    QuantLinear,
+    RangeObserver,
+    TinySamQuantConv2d,
+    TinySamQuantConvTranspose2d,
+    TinySamQuantLinear,
+    TinySamQuantLinearPost,
+    affine_params,
+    quant_layers,
+)
 from .ptq import calibrate, calibration_images, prepare, preprocessed, quantize_torch, real_int8_linears
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 METHODS = ("ptq", "qat")
+
+
+def load_qtinysam(path: str | os.PathLike[str]):
+    """Q-TinySAM's ``tinysam_w8a8.pth`` at ``path`` as our ``tinysam-w8a8`` model, read without TinySAM's code:
+    ``swiftsam.load("tinysam-w8a8", checkpoint=path)`` (the zoo's restricted reader, ``swiftsam.zoo.qtinysam``)."""
+    from ..api import load
+
+    return load("tinysam-w8a8", checkpoint=path)
 
 
 def _model(name: str, checkpoint: str | None, kwargs: dict):
@@ -127,5 +149,6 @@ def _run_qat(model, checkpoint, kwargs, calib, out, files, backend, steps, batch
 
 
 __all__ = ["BACKENDS", "METHODS", "OBSERVERS", "QuantConv2d", "QuantConvTranspose2d", "QuantLinear", "RangeObserver",
-           "calibrate", "calibration_images", "prepare", "preprocessed", "quant_layers", "quantize_torch",
-           "real_int8_linears", "run_quantize"]
+           "TinySamQuantConv2d", "TinySamQuantConvTranspose2d", "TinySamQuantLinear", "TinySamQuantLinearPost",
+           "affine_params", "calibrate", "calibration_images", "load_qtinysam", "prepare", "preprocessed",
+           "quant_layers", "quantize_torch", "real_int8_linears", "run_quantize"]

@@ -10,32 +10,27 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
+from ..image_io import list_images
 from ..transforms import resize_longest_side
+
+if TYPE_CHECKING:
+    from ..modeling.sam import ImageSpec
 
 log = logging.getLogger("swiftsam.train")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
-PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
-
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Every .jpg/.jpeg/.png under ``folder``, recursively (SA-1B and COCO layouts), sorted."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise InputError(f"image folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise InputError(f"no .jpg or .png images under {root} (searched recursively).")
-    return files
+def training_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every image under ``folder``, recursively (SA-1B and COCO layouts), sorted (``image_io.list_images``)."""
+    return list_images(folder, recursive=True)
 
 
 def rng_for(*keys: int) -> np.random.Generator:
@@ -64,15 +59,28 @@ def crop_box(rng: np.random.Generator, h: int, w: int, scale: tuple[float, float
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def normalize(image: np.ndarray) -> torch.Tensor:
-    """H x W x 3 uint8 RGB -> 3 x H x W float, SAM's pixel normalisation."""
-    x = (image.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD
+def normalize(image: np.ndarray, spec: ImageSpec) -> torch.Tensor:
+    """H x W x 3 uint8 RGB -> 3 x H x W float, normalised with the model's pixel mean and std (``spec``:
+    ``model.spec``), as ``Sam.preprocess`` does."""
+    mean, std = np.asarray(spec.pixel_mean, dtype=np.float32), np.asarray(spec.pixel_std, dtype=np.float32)
+    x = (image.astype(np.float32) - mean) / std
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def read_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def preprocessed(model, files: Iterable[Path]) -> Iterator[torch.Tensor]:
+    """Each file as ``model``'s 1 x 3 x S x S encoder input (quantization calibration: QAT's first ranges,
+    ``swiftsam quantize``); an unreadable file is an error naming the file."""
+    for path in files:
+        try:
+            image = read_rgb(path)
+        except (OSError, UnidentifiedImageError) as e:
+            raise InputError(f"cannot read calibration image {path}: {e}") from None
+        yield model.preprocess(image)[0]
 
 
 class SkipCounter:
@@ -89,12 +97,13 @@ class SkipCounter:
 
 class DistillImages(torch.utils.data.Dataset):
     """Images for encoder distillation: one RandomResizedCrop per (image, view), resized to the
-    student's and to the teacher's input sizes (so the two sizes may differ)."""
+    student's and to the teacher's input sizes (so the two sizes may differ) and normalised with each
+    model's own pixel mean and std (``student`` / ``teacher``: the models' ``spec``)."""
 
-    def __init__(self, folder: str | os.PathLike[str], student_size: int, teacher_size: int,
+    def __init__(self, folder: str | os.PathLike[str], student: ImageSpec, teacher: ImageSpec,
                  scale: tuple[float, float], ratio: tuple[float, float], seed: int, views: int | None) -> None:
-        self.files = list_images(folder)
-        self.student_size, self.teacher_size = student_size, teacher_size
+        self.files = training_images(folder)
+        self.student, self.teacher = student, teacher
         self.scale, self.ratio, self.seed, self.views = scale, ratio, seed, views
         self.skips = SkipCounter()
 
@@ -118,11 +127,11 @@ class DistillImages(torch.utils.data.Dataset):
         index, image = self.load(index)
         top, left, ch, cw = crop_box(rng_for(self.seed, index, view), *image.shape[:2], self.scale, self.ratio)
         crop = Image.fromarray(image[top:top + ch, left:left + cw])
-        student = np.asarray(crop.resize((self.student_size,) * 2, Image.BILINEAR))
-        teacher = student if self.teacher_size == self.student_size else np.asarray(
-            crop.resize((self.teacher_size,) * 2, Image.BILINEAR))
-        return {"requested": item[0], "index": index, "view": view, "student": normalize(student),
-                "teacher": normalize(teacher)}
+        s_size, t_size = self.student.input_size, self.teacher.input_size
+        student = np.asarray(crop.resize((s_size,) * 2, Image.BILINEAR))
+        teacher = student if t_size == s_size else np.asarray(crop.resize((t_size,) * 2, Image.BILINEAR))
+        return {"requested": item[0], "index": index, "view": view, "student": normalize(student, self.student),
+                "teacher": normalize(teacher, self.teacher)}
 
 
 class CocoObjects(torch.utils.data.Dataset):

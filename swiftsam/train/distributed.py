@@ -7,37 +7,19 @@ DistributedDataParallel computes, without its overlap of communication and backw
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..runtime import Dist, init_torchrun
 
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
+__all__ = ["Dist", "average_gradients", "barrier", "broadcast_module", "init", "max_divergence", "mean_scalar",
+           "shutdown", "sync_buffers"]
 
 
 def init(device_kind: str) -> Dist:
-    """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    """Join the ``torchrun`` process group: nccl on CUDA, gloo on CPU."""
+    return init_torchrun("nccl" if device_kind == "cuda" else "gloo")
 
 
 def shutdown(d: Dist) -> None:

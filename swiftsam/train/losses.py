@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from ..masks import mask_iou
+
 
 def embedding_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """huber (NanoSAM's default, delta 1), mse or l1; the student's map is resized to the teacher's."""
@@ -31,13 +33,10 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)
 
 
-def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """IoU of the thresholded logits with a binary target, per mask (no gradient)."""
+def logits_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of the thresholded logits with a binary target, per mask (no gradient; ``masks.mask_iou``'s rule)."""
     with torch.no_grad():
-        p, t = logits > 0, target > 0.5
-        inter = (p & t).flatten(-2).sum(-1).float()
-        union = (p | t).flatten(-2).sum(-1).float()
-        return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+        return mask_iou(logits > 0, target > 0.5)
 
 
 def sam_mask_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Tensor, focal_weight: float = 20.0,
@@ -49,6 +48,6 @@ def sam_mask_loss(logits: torch.Tensor, iou_pred: torch.Tensor, target: torch.Te
     per = focal_weight * focal_loss(logits, t) + dice_weight * dice_loss(logits, t)
     best = per.argmin(dim=1)
     rows = torch.arange(len(logits))
-    iou_target = mask_iou(logits[rows, best], target)
+    iou_target = logits_iou(logits[rows, best], target)
     loss = per[rows, best].mean() + iou_weight * F.mse_loss(iou_pred[rows, best], iou_target)
     return loss, best

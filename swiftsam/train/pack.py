@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from ..masks import encode_mask, rle_bbox
 from ..utils import atomic_path
 
 
@@ -76,8 +77,6 @@ def _items(source: Source, davis_stride: int):
 def pack(sources: list[Source], out: str | os.PathLike[str], size: int = 512, davis_stride: int = 3,
          min_area: int = 16, quality: int = 90, progress: bool = True) -> dict:
     """Write ``out/images/*.jpg`` and ``out/instances.json``; returns a summary."""
-    from pycocotools import mask as mask_utils
-
     if not sources:
         raise InputError("give at least one source (coco:IMAGES:ANNOTATIONS or davis:ROOT).")
     if size < 64:
@@ -108,11 +107,9 @@ def pack(sources: list[Source], out: str | os.PathLike[str], size: int = 512, da
             area = int(m.sum())
             if area < min_area:
                 continue
-            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-            x, y, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
-            rle["counts"] = rle["counts"].decode("ascii")
+            rle = encode_mask(m)
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
-                                "segmentation": rle, "area": area, "bbox": [x, y, bw, bh], "iscrowd": 0})
+                                "segmentation": rle, "area": area, "bbox": rle_bbox(rle), "iscrowd": 0})
             kept += 1
         images.append({"id": image_id, "file_name": file_name, "width": w, "height": h, "source": key})
         per_source.setdefault(source.name, {"images": 0, "objects": 0})

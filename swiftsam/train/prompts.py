@@ -71,18 +71,5 @@ def low_res_targets(masks: list[torch.Tensor], prompt_size: int, low: int = 256)
     return torch.cat(out)
 
 
-def padded_masks(masks: list[torch.Tensor], prompt_size: int) -> torch.Tensor:
-    out = []
-    for m in masks:
-        padded = torch.zeros(len(m), prompt_size, prompt_size, dtype=torch.bool)
-        padded[:, : m.shape[1], : m.shape[2]] = m
-        out.append(padded)
-    return torch.cat(out)
-
-
-def upsample_logits(low: torch.Tensor, prompt_size: int) -> torch.Tensor:
-    return torch.nn.functional.interpolate(low, (prompt_size, prompt_size), mode="bilinear", align_corners=False)
-
-
 def as_generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0]))

@@ -28,7 +28,7 @@ from ..modeling.sam import Sam
 from ..utils import save_torch_atomic
 from .config import TrainConfig
 from .data import CocoObjects, DistillImages
-from .losses import embedding_loss, mask_iou, sam_mask_loss
+from .losses import embedding_loss, logits_iou, sam_mask_loss
 from ..prompts import box_prior_logits
 from .prompts import as_generator, error_clicks, first_prompts, low_res_targets
 
@@ -90,8 +90,7 @@ class Recipe:
             log.info("student image encoder: %d of %d tensors start from the teacher's", copied,
                      len(self.student.image_encoder.state_dict()))
         if config.quantize == "qat":
-            from ..quant.layers import quant_layers
-            from ..quant.ptq import prepare
+            from ..modeling.quant import prepare, quant_layers
 
             if not quant_layers(self.student.image_encoder):  # a PTQ checkpoint comes back already quantized
                 prepare(self.student.image_encoder)
@@ -99,10 +98,10 @@ class Recipe:
 
     def calibrate(self) -> int:
         """QAT: initial activation ranges from the first training images (min-max)."""
-        from ..quant.ptq import calibrate, preprocessed
-        from .data import list_images
+        from ..modeling.quant import calibrate
+        from .data import preprocessed, training_images
 
-        files = list_images(self.config.images)[: self.config.qat_calibration]
+        files = training_images(self.config.images)[: self.config.qat_calibration]
         return calibrate(self.student, preprocessed(self.student, files), "minmax")
 
     def setup(self) -> None:
@@ -116,9 +115,6 @@ class Recipe:
 
     def loss(self, batch: dict, step: int, rank: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
-
-    def skipped_images(self) -> int:
-        return len(self.data.skips.bad) if hasattr(self, "data") else 0
 
     def _coco(self) -> CocoObjects:
         c = self.config
@@ -144,7 +140,7 @@ class DistillEncoder(Recipe):
 
     def dataset(self) -> DistillImages:
         c = self.config
-        self.data = DistillImages(c.images, self.student.spec.input_size, self.teacher.spec.input_size, c.crop_scale,
+        self.data = DistillImages(c.images, self.student.spec, self.teacher.spec, c.crop_scale,
                                   c.crop_ratio, c.seed, c.cache_views if c.teacher_cache else None)
         return self.data
 
@@ -152,9 +148,9 @@ class DistillEncoder(Recipe):
         c = self.config
         if not c.teacher_cache:
             return None
-        from .data import list_images
+        from .data import training_images
 
-        files = [str(p.relative_to(c.images)) for p in list_images(c.images)]
+        files = [str(p.relative_to(c.images)) for p in training_images(c.images)]
         key = json.dumps({"teacher": [c.teacher.name, c.teacher.checkpoint, c.teacher.kwargs, c.teacher.seed],
                           "size": self.teacher.spec.input_size, "crop": [c.crop_scale, c.crop_ratio], "seed": c.seed,
                           "views": c.cache_views, "files": files}, sort_keys=True)
@@ -207,7 +203,7 @@ class _Prompted(Recipe):
         for m in masks:
             full[row:row + len(m), : m.shape[1], : m.shape[2]] = m
             row += len(m)
-        return full, low_res_targets(masks, ps).to(self.device), owner
+        return full, low_res_targets(masks, ps, self.student.contract.mask_input_size[0]).to(self.device), owner
 
     @staticmethod
     def _decode(decoder: PromptDecoder, emb, coords, labels, mask_in, has_mask, tokens: bool = False):
@@ -242,7 +238,7 @@ class DistillFull(_Prompted):
         idx = torch.as_tensor(owner, device=self.device)
         coords, labels = first_prompts(full_gt, gen, c.box_jitter)
         n = len(owner)
-        s_mask = torch.zeros(n, 1, 256, 256, device=self.device)
+        s_mask = torch.zeros(n, 1, *self.student.contract.mask_input_size, device=self.device)
         t_mask = torch.zeros_like(s_mask)
         has = torch.zeros(n, device=self.device)
         token_losses, mask_losses = [], []
@@ -300,11 +296,12 @@ class TrainMasks(_Prompted):
         with self.autocast():
             emb = self._embed(self.student, batch["image"])
         coords, labels = first_prompts(full_gt, gen, c.box_jitter)
-        mask_in = torch.zeros(n, 1, 256, 256, device=self.device)
+        mask_in = torch.zeros(n, 1, *self.student.contract.mask_input_size, device=self.device)
         has = torch.zeros(n, device=self.device)
         if c.box_mask_prior:  # box prompts also enter as a box-shaped mask that the model refines
             is_box = (labels[:, 0] == 2).to(self.device)
-            prior = box_prior_logits(coords.reshape(n, 4), self.student.spec.prompt_size).to(self.device)
+            prior = box_prior_logits(coords.reshape(n, 4), self.student.spec.prompt_size,
+                                     self.student.contract.mask_input_size).to(self.device)
             mask_in = torch.where(is_box[:, None, None, None], prior, mask_in)
             has = is_box.float()
         losses, ious = [], []
@@ -323,7 +320,7 @@ class TrainMasks(_Prompted):
             losses.append(frac * loss_multi + (1 - frac) * loss_single)
             chosen_idx = torch.where(ambiguous, best_multi + 1, torch.zeros_like(best_multi))
             chosen = low[torch.arange(n), chosen_idx]
-            ious.append(mask_iou(chosen, low_gt).mean())
+            ious.append(logits_iou(chosen, low_gt).mean())
             if r + 1 < c.prompt_rounds:
                 new_c, new_l = self._clicks(chosen, full_gt, gen)
                 coords, labels = torch.cat([coords, new_c], 1), torch.cat([labels, new_l], 1)

@@ -15,21 +15,21 @@ Output folder::
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ..utils import atomic_path, save_torch_atomic
-from ..zoo.checkpoint import save_checkpoint
+from ..runtime import autocast
+from ..utils import atomic_path, save_torch_atomic, sha256_of
+from ..zoo.checkpoint import save_checkpoint as save_model
 from . import distributed as ddp
 from .config import TrainConfig
 from .data import StepSampler, collate, seed_everything
@@ -62,13 +62,6 @@ def _device(config: TrainConfig, d: ddp.Dist) -> torch.device:
     if dev.type == "cuda" and dev.index is None:  # torch.cuda.set_device needs an index: this process's GPU
         dev = torch.device("cuda", d.local_rank)
     return dev
-
-
-def _autocast_factory(amp: str, device: torch.device):
-    if amp == "none":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def _lr_lambda(config: TrainConfig):
@@ -156,49 +149,222 @@ class Metrics:
             self.writer.close()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+class Trainer:
+    """One training run in ``config.out``, on this process's share of the data under ``torchrun``.
 
+    ``Trainer(config, d)`` sets up: the device, the out folder (same settings as a run already there),
+    the recipe, optimizer, learning-rate schedule and gradient scaler. ``run()`` then ``resume``s from
+    ``checkpoints/last.pt`` when there is one, builds the data, ``evaluate``s at the start, runs ``step``
+    for every remaining optimiser step with ``save_checkpoint`` and ``evaluate`` on their schedules, and
+    ``finish``es: the final evaluation, ``model.pt`` and the model card (``write_card``).
+    """
 
-def _write_card(out: Path, config: TrainConfig, info: dict) -> None:
-    card = {"recipe": config.recipe, "student": {"name": config.student.name, "kwargs": config.student.kwargs},
-            "teacher": None if config.teacher is None else {"name": config.teacher.name,
-                                                            "checkpoint": config.teacher.checkpoint},
-            "data": {"images": config.images, "annotations": config.annotations, **info.pop("data")},
-            "training": {k: getattr(config, k) for k in ("steps", "batch_size", "grad_accum", "lr", "optimizer",
-                                                          "schedule", "amp", "loss", "seed", "quantize",
-                                                          "box_mask_prior")},
-            **info}
-    with atomic_path(out / "model_card.json") as tmp:
-        tmp.write_text(json.dumps(card, indent=2))
-    kwargs = "".join(f", {k}={v!r}" for k, v in config.student.kwargs.items())
-    lines = [f"# {config.student.name} trained with swiftsam ({config.recipe})", "",
-             f"- Teacher: {card['teacher']['name'] + ' (' + card['teacher']['checkpoint'] + ')' if card['teacher'] else 'none'}",
-             f"- Data: {config.images}" + (f" with {config.annotations}" if config.annotations else "")
-             + f" ({card['data']['images_seen']} samples seen, {card['data']['unreadable_images']} unreadable images skipped)",
-             f"- Steps: {config.steps} x batch {config.batch_size} x {info['world_size']} process(es)"
-             f" x accumulation {config.grad_accum}; {config.optimizer} lr {config.lr}, {config.schedule} schedule, amp {config.amp}",
-             f"- Final training loss: {info['final_loss']:.5g}"]
-    if config.box_mask_prior:
-        lines.append("- Box mask prior: box prompts also enter as a box-shaped mask; run the model with "
-                     "model.box_mask_prior = True (the Predictor then adds the prior itself).")
-    if config.quantize == "qat":
-        lines.append("- Quantization-aware training: the image encoder ran fake-quantized W8A8 (int8 per-channel "
-                     "weights, int8 per-tensor activations); load model.pt with swiftsam.load and export it to get "
-                     "a QDQ ONNX encoder.")
-    for when in ("eval_at_start", "eval_at_end"):
-        if info.get(when):
-            e = info[when]
-            lines.append(f"- {when.replace('_', ' ')}: " + ", ".join(f"{k} {v:.4f}" for k, v in e.items()))
-    lines += ["", "Load it with:", "", "```python", "import swiftsam",
-              f"model = swiftsam.load({config.student.name!r}, checkpoint='model.pt'{kwargs})", "```",
-              "", f"sha256 of model.pt: `{info['sha256']}`", ""]
-    with atomic_path(out / "MODEL_CARD.md") as tmp:
-        tmp.write_text("\n".join(lines))
+    def __init__(self, config: TrainConfig, d: ddp.Dist, progress: bool = True) -> None:
+        self.config, self.d, self.progress = config, d, progress
+        self.device = device = _device(config, d)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.out = Path(config.out)
+        self.ckpt_path = self.out / "checkpoints" / "last.pt"
+        _check_same_run(self.out, config)
+        ddp.barrier(d)
+        if d.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.out / "config.json") as tmp:
+                tmp.write_text(json.dumps(config.as_dict(), indent=2))
+        seed_everything(config.seed)
+        self.recipe = make_recipe(config, device, lambda: autocast(device, config.amp))
+        if config.quantize == "qat" and not self.ckpt_path.exists():
+            self.recipe.calibrate()  # a resumed run takes the ranges from its checkpoint
+        self.params = self.recipe.parameters()
+        ddp.broadcast_module(self.recipe.student, d)
+        opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+        # the first step to run; indices of unreadable images skipped (this rank); samples seen (all ranks)
+        self.start, self.skipped, self.seen = 0, set(), 0
+        self.last: dict[str, float] = {"loss": float("nan")}  # the latest step's losses, averaged over ranks
+        self.eval_start: dict[str, float] | None = None
+        self.val = None
+        self.dataset = self.loader = self.metrics = None
+
+    def resume(self) -> None:
+        """Take up the run in ``checkpoints/last.pt`` when there is one: weights, optimizer, scheduler,
+        scaler, RNG state, step, skipped images, samples seen and the evaluation at the start."""
+        if not self.ckpt_path.exists():
+            return
+        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
+        self.recipe.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.start, self.skipped, self.seen = int(state["step"]), set(state["skipped"]), int(state["seen"])
+        if self.d.main:
+            self.eval_start = state.get("eval_at_start")
+            log.info("resuming %s from step %d", self.out, self.start)
+
+    def build_data(self) -> None:
+        """The recipe's dataset and a loader that continues where the run stands (``self.start``)."""
+        config, d = self.config, self.d
+        self.dataset = self.recipe.dataset()
+        sampler = StepSampler(len(self.dataset), config.batch_size, config.seed, d.rank, d.world,
+                              start_step=self.start * config.grad_accum, steps=config.steps * config.grad_accum)
+        self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
+                                                  num_workers=config.workers, persistent_workers=False)
+        if config.val_images:
+            from ..eval.dataset import CocoImages
+
+            self.val = CocoImages(config.val_images, config.val_annotations)
+
+    def evaluate(self) -> dict[str, float]:
+        """Box-protocol evaluation of the student on the validation set (rank 0 only)."""
+        return evaluate_boxes(self.recipe.student, self.recipe.teacher, self.val, self.config.eval_images)
+
+    def step(self, step: int, batches: Iterator[dict]) -> float:
+        """One optimiser step (``grad_accum`` micro-batches, gradients averaged over ranks); returns the
+        learning rate it used."""
+        config, d = self.config, self.d
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, step, d.rank]).generate_state(1)[0]))
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for micro in range(config.grad_accum):
+            batch = next(batches)
+            req = batch.pop("requested", None)
+            if req is not None:
+                self.skipped |= {int(r) for r, i in zip(req, batch["index"]) if int(r) != int(i)}
+            loss, values = self.recipe.loss(batch, step, d.rank, micro)
+            self.scaler.scale(loss / config.grad_accum).backward()
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v / config.grad_accum
+        ddp.average_gradients(self.params, d)
+        lr_used = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        ddp.sync_buffers(self.recipe.student, d)
+        self.seen += config.batch_size * config.grad_accum * d.world
+        self.last = {k: ddp.mean_scalar(v, d) for k, v in sums.items()}
+        return lr_used
+
+    def save_checkpoint(self, done: int) -> None:
+        """``checkpoints/last.pt`` after ``done`` steps (atomic; written by rank 0, all ranks wait)."""
+        all_skipped = _gather_skipped(self.skipped, self.d)
+        if self.d.main:
+            state = {"step": done, "student": self.recipe.student.state_dict(),
+                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "scaler": self.scaler.state_dict(), "rng": _rng_state(), "skipped": sorted(all_skipped),
+                     "seen": self.seen, "eval_at_start": self.eval_start}
+            save_torch_atomic(state, self.ckpt_path)
+        ddp.barrier(self.d)
+
+    def run(self, stop_after: int | None = None) -> dict:
+        """Resume, train the remaining steps and finish; returns the model card's contents (rank 0).
+        ``stop_after=k`` raises ``Interrupted`` right after step k (a stand-in for a kill)."""
+        config, d = self.config, self.d
+        self.resume()
+        self.build_data()
+        self.metrics = metrics = Metrics(self.out, d.main, config.tensorboard, self.start)
+        if self.val is not None and self.start == 0 and d.main:
+            self.eval_start = self.evaluate()
+            metrics.write(0, "eval", self.eval_start)
+        ddp.barrier(d)
+
+        bar = None
+        if self.progress and d.main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=config.steps, initial=self.start, desc=f"train {config.recipe}", unit="step")
+        batches = iter(self.loader)
+        t0 = time.perf_counter()
+        for step in range(self.start, config.steps):
+            lr_used = self.step(step, batches)
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                metrics.write(done, "train", {**self.last, "lr": lr_used,
+                                              "images_per_s": self.seen / max(1e-9, time.perf_counter() - t0)})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"loss {self.last['loss']:.4g}")
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                self.save_checkpoint(done)
+            if self.val is not None and config.eval_every and done % config.eval_every == 0 and done < config.steps:
+                if d.main:
+                    metrics.write(done, "eval", self.evaluate())
+                ddp.barrier(d)
+            if stop_after is not None and done == stop_after and done < config.steps:
+                if bar is not None:
+                    bar.close()
+                metrics.close()
+                raise Interrupted(f"stopped after step {done}")
+        if bar is not None:
+            bar.close()
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Rank 0: the final evaluation, ``model.pt`` and the model card; returns the card's contents
+        (empty on the other ranks)."""
+        config, d = self.config, self.d
+        divergence = ddp.max_divergence(list(self.recipe.student.state_dict().values()), d)
+        skipped = _gather_skipped(self.skipped, d)
+        if skipped and d.main:
+            log.warning("%d unreadable image(s) were skipped", len(skipped))
+        info = {}
+        if d.main:
+            eval_end = self.evaluate() if self.val is not None else None
+            if eval_end is not None:
+                self.metrics.write(config.steps, "eval", eval_end)
+            model_path = self.out / "model.pt"
+            save_model(self.recipe.student, model_path)  # the same weights always give the same file (and sha256)
+            info = {"world_size": d.world, "ranks_max_weight_difference": divergence,
+                    "final_loss": self.last.get("loss"), "final_metrics": self.last, "eval_at_start": self.eval_start,
+                    "eval_at_end": eval_end, "decoder_from_teacher": self.recipe.decoder_from_teacher,
+                    "device": str(self.device), "torch": torch.__version__, "sha256": sha256_of(model_path),
+                    "data": {"images_seen": self.seen, "unreadable_images": len(skipped),
+                             "dataset_size": len(self.dataset)}}
+            self.write_card(info)
+        self.metrics.close()
+        ddp.barrier(d)
+        return info
+
+    def write_card(self, info: dict) -> None:
+        """``model_card.json`` (the settings and ``info``) and ``MODEL_CARD.md`` (the same, for people)."""
+        config, info = self.config, dict(info)
+        card = {"recipe": config.recipe, "student": {"name": config.student.name, "kwargs": config.student.kwargs},
+                "teacher": None if config.teacher is None else {"name": config.teacher.name,
+                                                                "checkpoint": config.teacher.checkpoint},
+                "data": {"images": config.images, "annotations": config.annotations, **info.pop("data")},
+                "training": {k: getattr(config, k) for k in ("steps", "batch_size", "grad_accum", "lr", "optimizer",
+                                                              "schedule", "amp", "loss", "seed", "quantize",
+                                                              "box_mask_prior")},
+                **info}
+        with atomic_path(self.out / "model_card.json") as tmp:
+            tmp.write_text(json.dumps(card, indent=2))
+        kwargs = "".join(f", {k}={v!r}" for k, v in config.student.kwargs.items())
+        lines = [f"# {config.student.name} trained with swiftsam ({config.recipe})", "",
+                 f"- Teacher: {card['teacher']['name'] + ' (' + card['teacher']['checkpoint'] + ')' if card['teacher'] else 'none'}",
+                 f"- Data: {config.images}" + (f" with {config.annotations}" if config.annotations else "")
+                 + f" ({card['data']['images_seen']} samples seen, {card['data']['unreadable_images']} unreadable images skipped)",
+                 f"- Steps: {config.steps} x batch {config.batch_size} x {info['world_size']} process(es)"
+                 f" x accumulation {config.grad_accum}; {config.optimizer} lr {config.lr}, {config.schedule} schedule, amp {config.amp}",
+                 f"- Final training loss: {info['final_loss']:.5g}"]
+        if config.box_mask_prior:
+            lines.append("- Box mask prior: box prompts also enter as a box-shaped mask; run the model with "
+                         "model.box_mask_prior = True (the Predictor then adds the prior itself).")
+        if config.quantize == "qat":
+            lines.append("- Quantization-aware training: the image encoder ran fake-quantized W8A8 (int8 per-channel "
+                         "weights, int8 per-tensor activations); load model.pt with swiftsam.load and export it to get "
+                         "a QDQ ONNX encoder.")
+        for when in ("eval_at_start", "eval_at_end"):
+            if info.get(when):
+                e = info[when]
+                lines.append(f"- {when.replace('_', ' ')}: " + ", ".join(f"{k} {v:.4f}" for k, v in e.items()))
+        lines += ["", "Load it with:", "", "```python", "import swiftsam",
+                  f"model = swiftsam.load({config.student.name!r}, checkpoint='model.pt'{kwargs})", "```",
+                  "", f"sha256 of model.pt: `{info['sha256']}`", ""]
+        with atomic_path(self.out / "MODEL_CARD.md") as tmp:
+            tmp.write_text("\n".join(lines))
 
 
 def train(config: TrainConfig, progress: bool = True, stop_after: int | None = None) -> dict:
@@ -207,138 +373,9 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     d = ddp.init("cuda" if config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
                  else "cpu")
     try:
-        return _train(config, d, progress, stop_after)
+        return Trainer(config, d, progress).run(stop_after)
     finally:
         ddp.shutdown(d)
-
-
-def _train(config: TrainConfig, d: ddp.Dist, progress: bool, stop_after: int | None) -> dict:
-    device = _device(config, d)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    out = Path(config.out)
-    ckpt_path = out / "checkpoints" / "last.pt"
-    _check_same_run(out, config)
-    ddp.barrier(d)
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "config.json") as tmp:
-            tmp.write_text(json.dumps(config.as_dict(), indent=2))
-    seed_everything(config.seed)
-    recipe = make_recipe(config, device, _autocast_factory(config.amp, device))
-    if config.quantize == "qat" and not ckpt_path.exists():
-        recipe.calibrate()  # a resumed run takes the ranges from its checkpoint
-    params = recipe.parameters()
-    ddp.broadcast_module(recipe.student, d)
-    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    start, skipped, seen = 0, set(), 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        recipe.student.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start, skipped, seen = int(state["step"]), set(state["skipped"]), int(state["seen"])
-        if d.main:
-            log.info("resuming %s from step %d", out, start)
-    dataset = recipe.dataset()
-    sampler = StepSampler(len(dataset), config.batch_size, config.seed, d.rank, d.world,
-                          start_step=start * config.grad_accum, steps=config.steps * config.grad_accum)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                         num_workers=config.workers, persistent_workers=False)
-    metrics = Metrics(out, d.main, config.tensorboard, start)
-    val = None
-    if config.val_images:
-        from ..eval.dataset import CocoImages
-
-        val = CocoImages(config.val_images, config.val_annotations)
-    eval_start = None
-    if val is not None and start == 0 and d.main:
-        eval_start = evaluate_boxes(recipe.student, recipe.teacher, val, config.eval_images)
-        metrics.write(0, "eval", eval_start)
-    elif ckpt_path.exists() and d.main:
-        eval_start = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("eval_at_start")
-    ddp.barrier(d)
-
-    bar = None
-    if progress and d.main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.steps, initial=start, desc=f"train {config.recipe}", unit="step")
-    batches = iter(loader)
-    last = {"loss": float("nan")}
-    t0 = time.perf_counter()
-    for step in range(start, config.steps):
-        torch.manual_seed(int(np.random.SeedSequence([config.seed, step, d.rank]).generate_state(1)[0]))
-        optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        for micro in range(config.grad_accum):
-            batch = next(batches)
-            req = batch.pop("requested", None)
-            if req is not None:
-                skipped |= {int(r) for r, i in zip(req, batch["index"]) if int(r) != int(i)}
-            loss, values = recipe.loss(batch, step, d.rank, micro)
-            scaler.scale(loss / config.grad_accum).backward()
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v / config.grad_accum
-        ddp.average_gradients(params, d)
-        lr_used = optimizer.param_groups[0]["lr"]
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        ddp.sync_buffers(recipe.student, d)
-        seen += config.batch_size * config.grad_accum * d.world
-        last = {k: ddp.mean_scalar(v, d) for k, v in sums.items()}
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            metrics.write(done, "train", {**last, "lr": lr_used,
-                                          "images_per_s": seen / max(1e-9, time.perf_counter() - t0)})
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"loss {last['loss']:.4g}")
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            all_skipped = _gather_skipped(skipped, d)
-            if d.main:
-                state = {"step": done, "student": recipe.student.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
-                         "skipped": sorted(all_skipped), "seen": seen, "eval_at_start": eval_start}
-                save_torch_atomic(state, ckpt_path)
-            ddp.barrier(d)
-        if val is not None and config.eval_every and done % config.eval_every == 0 and done < config.steps:
-            if d.main:
-                metrics.write(done, "eval", evaluate_boxes(recipe.student, recipe.teacher, val, config.eval_images))
-            ddp.barrier(d)
-        if stop_after is not None and done == stop_after and done < config.steps:
-            if bar is not None:
-                bar.close()
-            metrics.close()
-            raise Interrupted(f"stopped after step {done}")
-    if bar is not None:
-        bar.close()
-    divergence = ddp.max_divergence(list(recipe.student.state_dict().values()), d)
-    skipped = _gather_skipped(skipped, d)
-    if skipped and d.main:
-        log.warning("%d unreadable image(s) were skipped", len(skipped))
-    info = {}
-    if d.main:
-        eval_end = evaluate_boxes(recipe.student, recipe.teacher, val, config.eval_images) if val is not None else None
-        if eval_end is not None:
-            metrics.write(config.steps, "eval", eval_end)
-        save_checkpoint(recipe.student, out / "model.pt")  # the same weights always give the same file (and sha256)
-        info = {"world_size": d.world, "ranks_max_weight_difference": divergence, "final_loss": last.get("loss"),
-                "final_metrics": last, "eval_at_start": eval_start, "eval_at_end": eval_end,
-                "decoder_from_teacher": recipe.decoder_from_teacher, "device": str(device), "torch": torch.__version__,
-                "sha256": _sha256(out / "model.pt"),
-                "data": {"images_seen": seen, "unreadable_images": len(skipped), "dataset_size": len(dataset)}}
-        _write_card(out, config, dict(info))
-        info["data"] = {"images_seen": seen, "unreadable_images": len(skipped), "dataset_size": len(dataset)}
-    metrics.close()
-    ddp.barrier(d)
-    return info
 
 
 def _gather_skipped(skipped: set[int], d: ddp.Dist) -> set[int]:

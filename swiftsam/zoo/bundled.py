@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
-from ..utils import save_torch_atomic
+from ..utils import save_torch_atomic, sha256_of
 from .checkpoint import read_state_dict
 from .registry import Bundled
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_bundled(bundled: Bundled, folder: Path = WEIGHTS_DIR) -> dict[str, torch.Tensor]:

@@ -20,9 +20,10 @@ META_FORMAT = "swiftsam-checkpoint/1"
 
 
 def checkpoint_meta(model: Sam) -> dict:
-    """The settings a checkpoint of ``model`` must be loaded with: zoo name, input size, box mask prior."""
+    """The settings a checkpoint of ``model`` must be loaded with: zoo name, input size, box mask prior, and
+    the whole model contract (``modeling.contract.ModelContract.to_dict``)."""
     return {"format": META_FORMAT, "model": model.zoo_name, "input_size": int(model.spec.input_size),
-            "box_mask_prior": bool(getattr(model, "box_mask_prior", False))}
+            "box_mask_prior": bool(getattr(model, "box_mask_prior", False)), "contract": model.contract.to_dict()}
 
 
 def save_checkpoint(model: Sam, path: str | os.PathLike[str], state: dict[str, torch.Tensor] | None = None) -> Path:

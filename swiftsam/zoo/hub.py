@@ -7,19 +7,17 @@ there only after its sha256 matched; partial and corrupted downloads are removed
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..errors import DownloadError
-from ..utils import atomic_path, probe_dir
+from ..utils import atomic_path, probe_dir, read_chunks, sha256_hex
 from .registry import ModelEntry, Weights
-
-CHUNK = 1 << 20
 
 
 def swiftsam_home() -> Path:
@@ -55,27 +53,20 @@ def candidate_urls(weights: Weights) -> list[str]:
     return urls + list(weights.urls)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fetch(url: str, dest: Path, progress: bool, timeout: float) -> str:
-    """Stream ``url`` into ``dest``; return the sha256 of what was written."""
-    h = hashlib.sha256()
+    """Stream ``url`` into ``dest``; return the sha256 of what was written (hashed as it is written)."""
     req = urllib.request.Request(url, headers={"User-Agent": "swiftsam"})
     with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "wb") as out:
         total = int(resp.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name.split(".part")[0].lstrip("."),
                   disable=not progress) as bar:
-            for chunk in iter(lambda: resp.read(CHUNK), b""):
-                out.write(chunk)
-                h.update(chunk)
-                bar.update(len(chunk))
-    return h.hexdigest()
+            def written() -> Iterator[bytes]:
+                for chunk in read_chunks(resp):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+                    yield chunk
+
+            return sha256_hex(written())
 
 
 def download(entry: ModelEntry, progress: bool = True, timeout: float = 30.0, force: bool = False) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..modeling.common import set_norm_eps
 from ..modeling.encoders import (
     ImageEncoderViT,
@@ -97,10 +99,10 @@ register(ModelEntry(
     multimask_only=True,
 ))
 
-def _load_qtinysam(path: str) -> Sam:
-    from ..quant.qtinysam import load_qtinysam
+def _load_qtinysam(path: str, build: Callable[[], Sam]) -> Sam:
+    from .qtinysam import load_qtinysam  # a checkpoint format of its own: read on demand
 
-    return load_qtinysam(path)
+    return load_qtinysam(path, build)
 
 
 register(ModelEntry(

@@ -52,8 +52,9 @@ class ModelEntry:
     # the single-mask output token was never trained (TinySAM): take the best of the 3 instead
     multimask_only: bool = False
     aliases: tuple[str, ...] = field(default_factory=tuple)
-    # reads a checkpoint that is not a state dict (Q-TinySAM's pickled module) into a ready model
-    loader: Callable[[str], Sam] | None = None
+    # reads a checkpoint that is not a state dict (Q-TinySAM's pickled module) into a ready model:
+    # loader(path, build), where build() returns this entry's model as swiftsam.build makes it (the API passes it)
+    loader: Callable[[str, Callable[[], Sam]], Sam] | None = None
     # weights kept in the package (the project's own models), instead of an official download
     bundled: Bundled | None = None
     # trained with box prompts also given as box-shaped mask inputs (TrainConfig.box_mask_prior)
@@ -69,6 +70,11 @@ class ModelEntry:
         if unknown:
             raise ValueError(f"{self.name}: unknown everything default(s) {sorted(unknown)}; "
                              f"choose from {sorted(EVERYTHING_KEYS)}")
+
+    def policy(self) -> dict:
+        """The entry's fields of the model contract (``ModelContract.replace`` keywords)."""
+        return {"multimask_only": self.multimask_only, "box_mask_prior": self.box_mask_prior,
+                "everything": dict(self.everything or {})}
 
     def build(self, **kwargs) -> Sam:
         """A model with freshly initialised weights."""

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..common import LayerNorm2d
+from ..contract import FeatureInfo
 
 GELU = partial(nn.GELU, approximate="tanh")
 
@@ -228,6 +229,7 @@ class SamNeck(nn.Module):
     ) -> None:
         super().__init__()
         self.fids = fids
+        self.out_dim, self.grid = out_dim, grid
         self.input_ops = nn.ModuleList(
             OpSequential([ConvLayer(c, head_width, 1, act=False), Upsample((grid, grid))]) for c in in_channels
         )
@@ -250,7 +252,8 @@ class EfficientViTSamEncoder(nn.Module):
         self.img_size = img_size
         self.backbone = backbone
         self.neck = neck
-        self.norm = LayerNorm2d(256, eps=1e-6)
+        self.feature_info = (FeatureInfo("image_embeddings", neck.out_dim, neck.grid),)
+        self.norm = LayerNorm2d(neck.out_dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.neck(self.backbone(x)))

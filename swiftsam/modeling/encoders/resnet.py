@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..contract import FeatureInfo
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -105,6 +106,7 @@ class ResNetSamEncoder(nn.Module):
             raise ValueError(f"input size must be a multiple of 32, got {img_size}")
         self.img_size = img_size
         self.grid = grid
+        self.feature_info = (FeatureInfo("image_embeddings", out_chans, grid),)
         self.trunk = ResNetTrunk(depth)
         c = neck_channels
         self.up = nn.Sequential(

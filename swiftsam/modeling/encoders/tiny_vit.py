@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..common import LayerNorm2d
+from ..contract import FeatureInfo
 
 
 class Conv2d_BN(nn.Sequential):  # noqa: N801  (name fixed by the checkpoints' keys: c.*, bn.*)
@@ -198,6 +199,7 @@ class TinyViT(nn.Module):
     ) -> None:
         super().__init__()
         self.img_size = img_size
+        self.feature_info = (FeatureInfo("image_embeddings", out_chans, img_size // 16),)  # stride 16
         self.patch_embed = PatchEmbed(embed_dims[0])
         last = len(depths) - 1
         layers: list[nn.Module] = [ConvLayer(embed_dims[0], depths[0], embed_dims[1])]

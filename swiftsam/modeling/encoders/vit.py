@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..common import LayerNorm2d, MLPBlock
+from ..contract import FeatureInfo
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -142,6 +143,7 @@ class ImageEncoderViT(nn.Module):
         super().__init__()
         self.img_size = img_size
         grid = img_size // patch_size
+        self.feature_info = (FeatureInfo("image_embeddings", out_chans, grid),)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.patch_embed = PatchEmbed(patch_size, 3, embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))

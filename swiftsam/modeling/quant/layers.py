@@ -6,17 +6,24 @@ it adds three buffers: ``w_scale`` (per output channel, symmetric int8), ``in_sc
 ``fake_quantize_per_channel_affine`` / ``fake_quantize_per_tensor_affine``: their gradients are the
 straight-through estimator (QAT), and the ONNX exporter turns them into QuantizeLinear /
 DequantizeLinear pairs, which ONNX Runtime and TensorRT run as int8 kernels.
+
+``prepare`` swaps a module's float layers for these twins (same weights); ``prepare_for_state`` does it for
+the layers a saved W8A8 state dict holds, so that ``swiftsam.load`` rebuilds the quantized model.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...errors import InputError
 from .observers import QMAX, QMIN, RangeObserver, affine_params
 
 QUANT_BUFFERS = ("w_scale", "in_scale", "in_zero_point")
+PARTS = ("image_encoder",)  # the parts of a Sam that are quantized
 
 
 class _QuantMixin:
@@ -106,3 +113,49 @@ QUANT_CLASSES: dict[type, type] = {nn.Conv2d: QuantConv2d, nn.ConvTranspose2d: Q
 
 def quant_layers(module: nn.Module) -> dict[str, _QuantMixin]:
     return {name: m for name, m in module.named_modules() if isinstance(m, _QuantMixin)}
+
+
+def prepare(module: nn.Module, names: Iterable[str] | None = None) -> int:
+    """Replace float layers of ``module`` by their Quant twins, in place; returns how many.
+
+    ``names``: only these (dotted) layer names, e.g. those a quantized checkpoint holds."""
+    wanted = set(names) if names is not None else None
+    swaps = []
+    for name, child in module.named_modules():
+        cls = QUANT_CLASSES.get(type(child))
+        if cls is None or (wanted is not None and name not in wanted):
+            continue
+        if isinstance(child, nn.ConvTranspose2d) and child.groups != 1:
+            continue
+        swaps.append((name, cls.from_float(child)))
+    for name, new in swaps:
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, new)
+    return len(swaps)
+
+
+def set_mode(module: nn.Module, mode: str) -> None:
+    for layer in quant_layers(module).values():
+        layer.mode = mode
+
+
+def quantized_layer_names(state: dict[str, torch.Tensor]) -> list[str]:
+    """The layers a state dict stores as quantized (they carry ``in_scale``)."""
+    return sorted(k[: -len(".in_scale")] for k in state if k.endswith(".in_scale"))
+
+
+def prepare_for_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Make ``model`` (a Sam) take ``state``: swap in Quant layers where the state has quantization buffers."""
+    names = quantized_layer_names(state)
+    if not names:
+        return False
+    prefix = "image_encoder."
+    outside = [n for n in names if not n.startswith(prefix)]
+    if outside:
+        raise InputError(f"quantized layers outside the image encoder are not supported: {outside[:3]}")
+    count = prepare(model.image_encoder, [n[len(prefix):] for n in names])
+    if count != len(names):
+        raise InputError(f"the checkpoint quantizes {len(names)} layers but only {count} exist in this model.")
+    model.quantization = {"scheme": "w8a8", "parts": list(PARTS)}
+    return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
 
 OBSERVERS = ("minmax", "percentile", "mse")
 QMIN, QMAX = -128, 127

@@ -1,0 +1,70 @@
+"""``swiftsam eval coco``: accuracy protocols over COCO-format annotations."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..api import DEFAULT_MODEL
+from ..errors import InputError
+from ..predictor import Predictor
+from .common import (
+    add_engine_arguments, add_image_arguments, add_input_size_argument, engine_options, input_size_option,
+    load_model,
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="accuracy protocols").add_subparsers(dest="dataset", required=True)
+    c = ev.add_parser("coco", help="COCO-format instance annotations: box, point or detections protocol")
+    c.add_argument("--images", required=True, help="image folder (e.g. val2017)")
+    c.add_argument("--annotations", required=True, help="instances JSON")
+    c.add_argument("--model", help=f"zoo model (default {DEFAULT_MODEL})")
+    c.add_argument("--checkpoint", help="local checkpoint instead of the official download")
+    add_input_size_argument(c)
+    c.add_argument("--baseline", choices=["box-fill", "grabcut", "oracle"], help="a baseline instead of a model")
+    c.add_argument("--protocol", choices=["box", "point", "detections"], default="box")
+    c.add_argument("--variant", choices=["nanosam", "efficientvit", "sam"],
+                   help="box protocol: nanosam (default) = best of all 4 outputs, every annotation; efficientvit = "
+                        "best of the 3 multimask outputs, annotations with area >= 1. point protocol: sam (default) = "
+                        "clicks after the first also get the previous low-res logits as mask input, single-mask "
+                        "output; efficientvit = every click without mask input, best of the 3 multimask outputs")
+    c.add_argument("--clicks", type=int, default=1, help="point protocol: clicks per object (mIoU after each)")
+    c.add_argument("--detections", help="detections protocol: COCO results JSON of a detector")
+    c.add_argument("--limit", type=int, help="only the first N images (by id)")
+    c.add_argument("--out", help="results folder (default out/eval/MODEL-PROTOCOL); an interrupted run resumes")
+    c.add_argument("--overwrite", action="store_true", help="discard earlier results in --out")
+    add_engine_arguments(c)
+    add_image_arguments(c)
+    c.set_defaults(fn=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..eval import BASELINES, CocoImages, OracleSegmenter, PredictorSegmenter, evaluate_coco, format_summary
+    from ..eval.coco import load_detections
+
+    dataset = CocoImages(args.images, args.annotations)
+    detections = load_detections(args.detections, dataset) if args.detections else None
+    if args.baseline and (args.checkpoint or args.model):
+        raise InputError("--baseline replaces the model: drop --model / --checkpoint.")
+    if args.baseline == "oracle":
+        segmenter, name, settings = OracleSegmenter(dataset), "oracle", {}
+    elif args.baseline:
+        segmenter, name, settings = BASELINES[args.baseline](), args.baseline, {}
+    else:
+        name = args.model or DEFAULT_MODEL
+        size = input_size_option(args, name)
+        model = load_model(args, name, size)
+        predictor = Predictor(model, engine=args.engine, **engine_options(args))
+        segmenter = PredictorSegmenter(predictor)
+        settings = {"checkpoint": str(args.checkpoint) if args.checkpoint else None, "engine": predictor.engine.describe(),
+                    **size}
+    out = args.out or f"out/eval/{name}-{args.protocol}"
+    summary = evaluate_coco(
+        dataset, segmenter, out, args.protocol, variant=args.variant, clicks=args.clicks, detections=detections,
+        limit=args.limit, model_name=name, settings=settings, overwrite=args.overwrite, max_pixels=args.max_pixels,
+    )
+    if summary is not None:  # rank 0
+        print(format_summary(summary))
+        print(f"wrote {Path(out) / 'summary.json'}")
+    return 0
