@@ -19,7 +19,7 @@ from .modeling.prompt_decoder import OUTPUT_REQUESTS, choose_outputs
 from .modeling.contract import ModelContract
 from .modeling.sam import Sam
 from .prompts import PromptBatch, check_boxes, check_mask_input, check_points, check_prompt_tensors
-from .transforms import postprocess_masks, preprocess_image, resized_shape
+from .transforms import frame_shape, postprocess_masks, preprocess_image
 from .utils import save_torch_atomic
 
 EMBEDDING_FORMAT = "swiftsam-embedding/1"
@@ -76,7 +76,7 @@ class Predictor:
     def input_size(self) -> tuple[int, int]:
         """Size of the resized image inside the prompt frame (as SamPredictor.input_size)."""
         self._require_image()
-        return resized_shape(*self.original_size, self.model.spec.prompt_size)
+        return frame_shape(self.original_size, self.model.spec.prompt_size, self.model.spec.geometry)
 
     @torch.inference_mode()
     def set_image(self, image: ImageLike, image_format: str = "RGB") -> None:
@@ -207,7 +207,7 @@ class Predictor:
         resized into the prompt frame); a bad prompt raises InputError.
         """
         self._require_image()
-        frame_hw = resized_shape(*self.original_size, self.contract.image.prompt_size)
+        frame_hw = frame_shape(self.original_size, self.contract.image.prompt_size, self.contract.image.geometry)
         check_prompt_tensors(point_coords, point_labels, boxes, mask_input, frame_hw,
                              tuple(self.contract.mask_input_size))
         prompts = PromptBatch.from_frame(self.contract, point_coords, point_labels, boxes, mask_input,
@@ -238,8 +238,8 @@ class Predictor:
         """predict_torch on a PromptBatch: the multimask outputs, or the single-mask one (the output policy)."""
         low, scores = self.decode(prompts)
         request = "multimask" if multimask_output else "single"
-        low, scores = choose_outputs(low, scores, request, multimask_only=self.contract.multimask_only)
-        masks = postprocess_masks(low, self.original_size, self.contract.image.prompt_size)
+        low, scores = choose_outputs(low, scores, request, **self.contract.output_policy())
+        masks = postprocess_masks(low, self.original_size, self.contract.image.prompt_size, self.contract.image.geometry)
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, scores, low
@@ -291,8 +291,9 @@ class Predictor:
             part = [None if a is None else a[sl] for a in (point_coords, point_labels, boxes, mask_input)]
             prompts = PromptBatch.from_pixels(self.contract, self.original_size, *part, device=self.device)
             low, iou = self.decode(prompts)
-            low, iou = choose_outputs(low, iou, candidates, multimask_only=self.contract.multimask_only, best=True)
-            up = postprocess_masks(low, self.original_size, self.contract.image.prompt_size)[:, 0]
+            low, iou = choose_outputs(low, iou, candidates, best=True, **self.contract.output_policy())
+            up = postprocess_masks(low, self.original_size, self.contract.image.prompt_size,
+                                   self.contract.image.geometry)[:, 0]
             masks[sl] = (up > self.model.mask_threshold).cpu().numpy()
             scores[sl] = iou[:, 0].float().cpu().numpy()
             if lows is not None:

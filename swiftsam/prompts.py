@@ -211,12 +211,13 @@ class PromptBatch:
         sizes = []
         if point_coords is not None:
             c, lab = check_points(point_coords, point_labels, original_size, batched=True)
-            coords_t = torch.as_tensor(to_prompt_frame(c, original_size, ps), dtype=torch.float32, device=device)
+            coords_t = torch.as_tensor(to_prompt_frame(c, original_size, ps, contract.image.geometry), dtype=torch.float32,
+                                       device=device)
             labels_t = torch.as_tensor(lab, dtype=torch.float32, device=device)
             sizes.append(c.shape[0])
         if boxes is not None:
             b = check_boxes(boxes, original_size, batched=True)
-            b = to_prompt_frame(b.reshape(-1, 2, 2), original_size, ps).reshape(-1, 4)
+            b = to_prompt_frame(b.reshape(-1, 2, 2), original_size, ps, contract.image.geometry).reshape(-1, 4)
             boxes_t = torch.as_tensor(b, dtype=torch.float32, device=device)
             sizes.append(b.shape[0])
         if mask_input is not None:

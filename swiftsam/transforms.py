@@ -28,41 +28,57 @@ def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
     return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
+def frame_shape(original_size: tuple[int, int], prompt_size: int, geometry: str = "longest_side_pad") -> tuple[int, int]:
+    """(h, w) of the image inside the prompt frame: resized longest side (SAM 1), or the whole square (SAM 2)."""
+    if geometry == "square":
+        return prompt_size, prompt_size
+    return resized_shape(original_size[0], original_size[1], prompt_size)
+
+
 def preprocess_image(image: np.ndarray, spec, device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
-    """H x W x 3 uint8 RGB -> (1 x 3 x S x S tensor: resized as ``spec.geometry`` says, normalised with the
-    model's pixel mean/std, zero-padded bottom/right; the resized (h, w)). ``spec`` is the model's
-    ``ImageSpec`` (its contract's ``image``): this needs no weights, so an exported model preprocesses alike."""
-    resized = resize_longest_side(image, spec.input_size)
+    """H x W x 3 uint8 RGB -> (1 x 3 x S x S tensor: resized as ``spec.geometry`` says (``longest_side_pad``:
+    the longer side to S, then zero-padded bottom/right; ``square``: to S x S), normalised with the model's
+    pixel mean/std; the resized (h, w)). ``spec`` is the model's ``ImageSpec`` (its contract's ``image``): this
+    needs no weights, so an exported model preprocesses alike. Resizing is PIL's bilinear filter."""
+    s = spec.input_size
+    if spec.geometry == "square":
+        resized = image if image.shape[:2] == (s, s) else np.array(Image.fromarray(image).resize((s, s), Image.BILINEAR))
+    else:
+        resized = resize_longest_side(image, s)
     x = torch.from_numpy(np.ascontiguousarray(resized)).to(device).permute(2, 0, 1)[None].float()
     mean = torch.tensor(spec.pixel_mean, device=x.device).view(-1, 1, 1)
     std = torch.tensor(spec.pixel_std, device=x.device).view(-1, 1, 1)
     x = (x - mean) / std
     h, w = resized.shape[:2]
-    s = spec.input_size
     return F.pad(x, (0, s - w, 0, s - h)), (h, w)
 
 
-def _frame_scale(original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
-    """(sx, sy) that take original-image pixels into the prompt frame."""
+def _frame_scale(original_size: tuple[int, int], prompt_size: int, geometry: str = "longest_side_pad") -> np.ndarray:
+    """(sx, sy) that take original-image pixels into the prompt frame (per axis for ``square``)."""
     old_h, old_w = original_size
-    new_h, new_w = resized_shape(old_h, old_w, prompt_size)
+    new_h, new_w = frame_shape(original_size, prompt_size, geometry)
     return np.array([new_w / old_w, new_h / old_h])
 
 
-def to_prompt_frame(coords: np.ndarray, original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
+def to_prompt_frame(coords: np.ndarray, original_size: tuple[int, int], prompt_size: int,
+                    geometry: str = "longest_side_pad") -> np.ndarray:
     """Map pixel coordinates (..., 2) as (x, y) in the original image into the prompt frame."""
-    return np.asarray(coords, dtype=np.float64) * _frame_scale(original_size, prompt_size)
+    return np.asarray(coords, dtype=np.float64) * _frame_scale(original_size, prompt_size, geometry)
 
 
-def from_prompt_frame(coords: np.ndarray, original_size: tuple[int, int], prompt_size: int) -> np.ndarray:
+def from_prompt_frame(coords: np.ndarray, original_size: tuple[int, int], prompt_size: int,
+                      geometry: str = "longest_side_pad") -> np.ndarray:
     """Inverse of :func:`to_prompt_frame`."""
-    return np.asarray(coords, dtype=np.float64) / _frame_scale(original_size, prompt_size)
+    return np.asarray(coords, dtype=np.float64) / _frame_scale(original_size, prompt_size, geometry)
 
 
 def postprocess_masks(
-    low_res: torch.Tensor, original_size: tuple[int, int], prompt_size: int
+    low_res: torch.Tensor, original_size: tuple[int, int], prompt_size: int, geometry: str = "longest_side_pad"
 ) -> torch.Tensor:
-    """Low-resolution logits (B x M x 256 x 256) to logits at the original image size."""
+    """Low-resolution logits (B x M x 256 x 256) to logits at the original image size: through the prompt
+    frame, cropped to the resized image (``longest_side_pad``), or straight to the image (``square``, as SAM 2)."""
+    if geometry == "square":
+        return F.interpolate(low_res, original_size, mode="bilinear", align_corners=False)
     masks = F.interpolate(low_res, (prompt_size, prompt_size), mode="bilinear", align_corners=False)
     h, w = resized_shape(original_size[0], original_size[1], prompt_size)
     masks = masks[..., :h, :w]

@@ -161,3 +161,52 @@ def test_cli_runs_an_export_folder_with_its_own_contract(tmp_path, capsys):
     assert main(["segment", str(SNOWBOARD), "--model", "mobilesam", "--box", box, "--engine", "onnxruntime",
                  "--onnx-dir", str(tmp_path / "exp"), "--out", str(tmp_path / "x.png")]) == 2
     assert "holds an export of swiftsam-r18" in capsys.readouterr().err
+
+
+def test_square_geometry_resizes_without_padding_and_scales_prompts_per_axis():
+    """SAM 2's geometry: the image is resized to S x S (aspect ratio changes), prompts scale per axis, and
+    low-res logits go straight to the image size."""
+    from PIL import Image
+    from torch.nn import functional as F
+
+    from swiftsam.prompts import PromptBatch
+    from swiftsam.transforms import preprocess_image
+
+    spec = ImageSpec(input_size=128, geometry="square")
+    model = build_sam(ResNetSamEncoder("resnet18", img_size=128, grid=32), spec).eval()
+    randomize_(model, seed=4)
+    image = np.random.default_rng(0).integers(0, 256, (80, 160, 3), dtype=np.uint8)
+    x, hw = preprocess_image(image, spec)
+    ref = np.asarray(Image.fromarray(image).resize((128, 128), Image.BILINEAR), np.float32)
+    want = (torch.from_numpy(ref).permute(2, 0, 1)[None] - torch.tensor(spec.pixel_mean).view(-1, 1, 1)) / torch.tensor(
+        spec.pixel_std).view(-1, 1, 1)
+    assert hw == (128, 128) and torch.allclose(x, want)  # no padding
+    batch = PromptBatch.from_pixels(model, (80, 160), boxes=np.array([[16, 8, 80, 40]]))
+    np.testing.assert_allclose(batch.point_coords[0].numpy(), [[16 * 1024 / 160, 8 * 1024 / 80],
+                                                               [80 * 1024 / 160, 40 * 1024 / 80]], rtol=1e-6)
+    p = Predictor(model, engine="torch")
+    p.set_image(image)
+    logits, _, low = p.predict(box=np.array([16, 8, 80, 40]), multimask_output=False, return_logits=True)
+    assert logits.shape == (1, 80, 160) and p.input_size == (1024, 1024)
+    straight = F.interpolate(torch.from_numpy(low)[None], (80, 160), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(logits, straight.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown image geometry"):
+        ImageSpec(geometry="letterbox")
+
+
+def test_dynamic_multimask_keeps_token_0_only_where_it_is_stable():
+    from swiftsam.modeling.prompt_decoder import choose_outputs
+
+    low = torch.full((2, 4, 8, 8), -10.0)
+    low[:, :, :4] = 10.0  # prompt 0: token 0 far from the threshold everywhere: stable
+    low[1, 0, 4:6] = 0.01  # prompt 1: 16 pixels of token 0 sit just above 0: area(>0.05) / area(>-0.05) = 32 / 48
+    iou = torch.tensor([[0.1, 0.2, 0.9, 0.3], [0.1, 0.2, 0.3, 0.9]])
+    out, score = choose_outputs(low, iou, "single", multimask_only=False, dynamic_multimask=(0.05, 0.98))
+    assert score[:, 0].tolist() == pytest.approx([0.1, 0.9])  # token 0, then the best of 1..3 (token 3)
+    assert torch.equal(out[1, 0], low[1, 3])
+    plain, _ = choose_outputs(low, iou, "single", multimask_only=False)
+    assert torch.equal(plain[:, 0], low[:, 0])  # SAM 1's rule: always token 0
+    model = swiftsam.build("nanosam-r18", input_size=128)
+    model.contract = model.contract.replace(dynamic_multimask=True)
+    assert ModelContract.from_dict(model.contract.to_dict()) == model.contract
+    assert model.contract.output_policy()["dynamic_multimask"] == (0.05, 0.98)

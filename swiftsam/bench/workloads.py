@@ -63,8 +63,8 @@ class SwiftsamWorkloads:
         emb = self.engine.encode(x)
         sizes = [im.shape[:2] for im in images]
         low, iou = self.predictor.decode(self.box_prompts(boxes, sizes), features=emb)
-        low, _ = choose_outputs(low, iou, "single", multimask_only=model.multimask_only)
-        return [postprocess_masks(low[i:i + 1], s, spec.prompt_size)[0, 0] > model.mask_threshold
+        low, _ = choose_outputs(low, iou, "single", **model.contract.output_policy())
+        return [postprocess_masks(low[i:i + 1], s, spec.prompt_size, spec.geometry)[0, 0] > model.mask_threshold
                 for i, s in enumerate(sizes)]
 
     def pipeline(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> Workload:

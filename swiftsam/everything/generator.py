@@ -396,11 +396,11 @@ class MaskGenerator:
                                             point_labels=np.ones((k, 1)), device=dev)
         low, iou = self.predictor.decode(batch)
         if not is_box:  # the three multimask outputs, as SamAutomaticMaskGenerator
-            low, iou = choose_outputs(low, iou, "multimask", multimask_only=contract.multimask_only)
+            low, iou = choose_outputs(low, iou, "multimask", **contract.output_policy())
             points = torch.as_tensor(prompts, dtype=torch.float32).repeat_interleave(3, dim=0)
             prompt_boxes = torch.full((3 * k, 4), float("nan"))
         else:  # the single-mask output (the best of the three for models whose single-mask token is untrained)
-            low, iou = choose_outputs(low, iou, "single", multimask_only=contract.multimask_only)
+            low, iou = choose_outputs(low, iou, "single", **contract.output_policy())
             prompt_boxes = torch.as_tensor(prompts, dtype=torch.float32)
             points = (prompt_boxes[:, :2] + prompt_boxes[:, 2:]) / 2
         low, iou = low.flatten(0, 1), iou.flatten(0, 1).float().cpu()
@@ -414,7 +414,8 @@ class MaskGenerator:
         parts = []
         for start in range(0, len(idx), UPSAMPLE_CHUNK):
             sel = idx[start:start + UPSAMPLE_CHUNK]
-            logits = postprocess_masks(low[sel.to(low.device)][:, None].float(), crop_hw, ps)[:, 0].cpu()
+            logits = postprocess_masks(low[sel.to(low.device)][:, None].float(), crop_hw, ps,
+                                       self.model.spec.geometry)[:, 0].cpu()
             stab = stability_score(logits, thr, self.stability_score_offset)
             ok = stab >= self.stability_score_thresh if self.stability_score_thresh > 0 else torch.ones_like(stab, dtype=torch.bool)
             if len(stab):

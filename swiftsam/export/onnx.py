@@ -69,6 +69,7 @@ class SamOnnxDecoder(nn.Module):
         super().__init__()
         self.decoder = PromptDecoder(model)
         self.prompt_size = model.spec.prompt_size
+        self.geometry = model.spec.geometry
         self.return_single_mask = return_single_mask
         self.multimask_only = model.multimask_only
 
@@ -83,11 +84,13 @@ class SamOnnxDecoder(nn.Module):
 
     def upscale(self, low: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
         p = self.prompt_size
+        hw = orig_im_size.to(torch.int64)
+        if self.geometry == "square":  # the image fills the frame: straight to its size (transforms.postprocess_masks)
+            return F.interpolate(low, size=(hw[0], hw[1]), mode="bilinear", align_corners=False)
         masks = F.interpolate(low, size=(p, p), mode="bilinear", align_corners=False)
         size = orig_im_size.to(torch.float32)
         resized = torch.floor(size * (p / size.max()) + 0.5).to(torch.int64)
         masks = masks[..., : resized[0], : resized[1]]  # 0-d tensors: traced as graph inputs, not constants
-        hw = orig_im_size.to(torch.int64)
         return F.interpolate(masks, size=(hw[0], hw[1]), mode="bilinear", align_corners=False)
 
 

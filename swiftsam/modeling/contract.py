@@ -18,7 +18,9 @@ from typing import Any
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 CONTRACT_FORMAT = "swiftsam-contract/1"
-GEOMETRIES = ("longest_side_pad",)  # SAM 1: resize the longer side to input_size, pad bottom/right
+# SAM 1: resize the longer side to input_size, pad bottom/right; SAM 2: resize to input_size x input_size (the
+# aspect ratio changes; prompts scale per axis; masks need no crop)
+GEOMETRIES = ("longest_side_pad", "square")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,11 @@ class ModelContract:
     multimask_only: bool = False
     # trained with box prompts also given as box-shaped mask inputs (swiftsam's own models)
     box_mask_prior: bool = False
+    # SAM 2's single-mask rule: keep token 0 when its logits are stable (area above +delta / area above -delta
+    # >= thresh), else the best of tokens 1..3 by predicted IoU
+    dynamic_multimask: bool = False
+    dynamic_multimask_delta: float = 0.05
+    dynamic_multimask_thresh: float = 0.98
     # MaskGenerator defaults calibrated for these weights (swiftsam.everything.SAM_DEFAULTS otherwise)
     everything: tuple[tuple[str, Any], ...] = field(default=())
 
@@ -84,6 +91,11 @@ class ModelContract:
     @property
     def everything_defaults(self) -> dict[str, Any]:
         return dict(self.everything)
+
+    def output_policy(self) -> dict[str, Any]:
+        """``prompt_decoder.choose_outputs``'s keywords for this model."""
+        dynamic = (self.dynamic_multimask_delta, self.dynamic_multimask_thresh) if self.dynamic_multimask else None
+        return {"multimask_only": self.multimask_only, "dynamic_multimask": dynamic}
 
     def replace(self, **changes: Any) -> ModelContract:
         if "everything" in changes and isinstance(changes["everything"], dict):
@@ -104,6 +116,7 @@ class ModelContract:
             "mask_input_size": list(self.mask_input_size),
             "multimask_only": self.multimask_only,
             "box_mask_prior": self.box_mask_prior,
+            "dynamic_multimask": [self.dynamic_multimask, self.dynamic_multimask_delta, self.dynamic_multimask_thresh],
             "everything": dict(self.everything),
         }
 
@@ -121,6 +134,7 @@ class ModelContract:
                 mask_input_size=tuple(int(v) for v in data["mask_input_size"]),
                 multimask_only=bool(data.get("multimask_only", False)),
                 box_mask_prior=bool(data.get("box_mask_prior", False)),
+                **_dynamic(data.get("dynamic_multimask")),
                 everything=tuple(sorted((str(k), v) for k, v in (data.get("everything") or {}).items())),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -132,3 +146,11 @@ def _image_spec(d: dict[str, Any]) -> ImageSpec:
                      pixel_mean=tuple(float(v) for v in d["pixel_mean"]),
                      pixel_std=tuple(float(v) for v in d["pixel_std"]),
                      geometry=str(d.get("geometry", "longest_side_pad")))
+
+
+def _dynamic(record: list | None) -> dict[str, Any]:
+    if record is None:
+        return {}
+    on, delta, thresh = record
+    return {"dynamic_multimask": bool(on), "dynamic_multimask_delta": float(delta),
+            "dynamic_multimask_thresh": float(thresh)}

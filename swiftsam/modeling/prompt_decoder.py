@@ -123,10 +123,23 @@ def take_tokens(low: torch.Tensor, iou: torch.Tensor, tokens: torch.Tensor) -> t
 
 
 def choose_outputs(low: torch.Tensor, iou: torch.Tensor, request: str, *, multimask_only: bool,
-                   best: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   best: bool = False, dynamic_multimask: tuple[float, float] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The output policy: of the decoder's outputs (low-res logits B x 4 x h x w, IoU B x 4), those a request
     keeps (``candidate_tokens``): all of them (B x C), or with ``best`` (always for "single") the one with the
-    highest predicted IoU (B x 1). The Predictor, MaskGenerator, evaluation and benchmarks all choose here."""
+    highest predicted IoU (B x 1). The Predictor, MaskGenerator, evaluation and benchmarks all choose here.
+
+    ``dynamic_multimask`` = (delta, thresh) is SAM 2's single-mask rule (``ModelContract.output_policy``): a
+    "single" request keeps token 0 where its logits are stable (area above +delta over area above -delta,
+    1 when both are empty, >= thresh) and the best of tokens 1..3 elsewhere."""
+    if request == "single" and dynamic_multimask is not None and not multimask_only:
+        delta, thresh = dynamic_multimask
+        flat = low[:, 0].flatten(1)
+        inter, union = (flat > delta).sum(-1).float(), (flat > -delta).sum(-1).float()
+        stable = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)) >= thresh
+        pick = torch.where(stable, torch.zeros_like(stable, dtype=torch.long),
+                           best_tokens(iou, "multimask", multimask_only=False))
+        return take_tokens(low, iou, pick)
     keep = candidate_tokens(request, multimask_only)
     if not best and request != "single" or keep == slice(0, 1):
         return low[:, keep], iou[:, keep]
