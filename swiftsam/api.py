@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import numbers
 import os
 import warnings
@@ -24,7 +23,7 @@ def build(name: str, **kwargs) -> Sam:
     """A zoo model with freshly initialised (random) weights, in eval mode."""
     entry = get_entry(name)
     size = kwargs.get("input_size")
-    if size is not None and "input_size" not in inspect.signature(entry.builder).parameters:
+    if size is not None and not entry.takes_input_size:
         raise InputError(f"{entry.name} has a fixed input size ({entry.spec.input_size} px); drop input_size.")
     if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1):
         raise InputError(f"input_size must be a positive number of pixels, e.g. {entry.spec.input_size}; got {size!r}.")
@@ -92,7 +91,7 @@ def load(
         return model.to(device) if device is not None else model
     state, meta = read_checkpoint(path, weights_only=not allow_pickle)
     recorded = meta.get("model")
-    if meta.get("input_size") and "input_size" not in kwargs and "input_size" in inspect.signature(entry.builder).parameters:
+    if meta.get("input_size") and "input_size" not in kwargs and entry.takes_input_size:
         kwargs["input_size"] = int(meta["input_size"])  # the size it was trained at, unless the caller says otherwise
     model = build(entry.name, **kwargs)
     from .modeling.quant import prepare_for_state
@@ -143,7 +142,7 @@ def load_export(onnx_dir: str | os.PathLike[str]) -> Sam:
     if not contract.name:
         raise EngineError(f"{folder} holds a model built by hand (no zoo name): load its weights and pass the model.")
     entry = get_entry(contract.name)
-    size = {"input_size": contract.image.input_size} if "input_size" in inspect.signature(entry.builder).parameters else {}
+    size = {"input_size": contract.image.input_size} if entry.takes_input_size else {}
     with torch.device("meta"):
         model = build(entry.name, **size)
     if model.contract.image != contract.image or model.contract.features != contract.features:

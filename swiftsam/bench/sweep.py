@@ -8,7 +8,6 @@ each cell (atomically), so an interrupted sweep resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import os
 import platform
@@ -152,7 +151,7 @@ def _build_model(name: str, size: int | None, device: torch.device, seed: int) -
     torch.manual_seed(seed)
     if size is None or size == native:
         model = build(name)
-    elif "input_size" in inspect.signature(entry.builder).parameters:
+    elif entry.takes_input_size:
         model = build(name, input_size=size)
     else:
         raise EngineError(f"{name}'s encoder is built for {native} x {native} inputs only")

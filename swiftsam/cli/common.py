@@ -4,7 +4,6 @@ and loading the model a command names (``--input-size`` checked before anything 
 from __future__ import annotations
 
 import argparse
-import inspect
 
 import torch
 
@@ -70,7 +69,7 @@ def input_size_option(args: argparse.Namespace, name: str | None) -> dict:
     if size is None:
         return {}
     entry = get_entry(name or DEFAULT_MODEL)
-    if "input_size" not in inspect.signature(entry.builder).parameters:
+    if not entry.takes_input_size:
         raise InputError(f"{entry.name} has a fixed input size ({entry.spec.input_size} px); drop --input-size.")
     if size < 1:
         raise InputError(f"--input-size must be a positive number of pixels (e.g. {entry.spec.input_size}), got {size}.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -70,6 +71,11 @@ class ModelEntry:
         if unknown:
             raise ValueError(f"{self.name}: unknown everything default(s) {sorted(unknown)}; "
                              f"choose from {sorted(EVERYTHING_KEYS)}")
+
+    @property
+    def takes_input_size(self) -> bool:
+        """Whether the builder takes ``input_size`` (convolutional students: NanoSAM, swiftsam's own)."""
+        return "input_size" in inspect.signature(self.builder).parameters
 
     def policy(self) -> dict:
         """The entry's fields of the model contract (``ModelContract.replace`` keywords)."""
