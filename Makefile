@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test clean
+.PHONY: demo test clean web
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,8 @@ $(STAMP): $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[test]"
 	# EfficientViT-SAM's reference declares torchvision, which cannot load with this torch: no deps
 	$(PY) -m pip install -q --no-deps efficientsam==1.0.0
+	# SAM 2.1's reference (sam2==1.1.0) likewise, without its CUDA extension (tests compare with postprocessing off)
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-deps sam2==1.1.0
 	touch $@
 
 demo: $(VENV)/.installed
@@ -26,6 +28,13 @@ demo: $(VENV)/.installed
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the browser demo's in-browser decoder (swiftsam serve): onnxruntime-web from npm, pinned by package-lock.json
+WEB := swiftsam/serve/web
+web: $(WEB)/node_modules/.installed
+$(WEB)/node_modules/.installed: $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
 
 clean:
 	rm -rf $(VENV) .venv-demo out .pytest_cache

@@ -15,10 +15,12 @@ import torch
 from .engines import Engine, get_engine
 from .errors import InputError
 from .image_io import ImageLike, load_image
-from .modeling.prompt_decoder import OUTPUT_REQUESTS, choose_outputs
 from .modeling.contract import ModelContract
-from .modeling.sam import Sam
+from .modeling.features import ImageFeatures
+from .modeling.prompt_decoder import OUTPUT_REQUESTS, choose_outputs
+from .modeling.segmenter import Segmenter
 from .prompts import PromptBatch, check_boxes, check_mask_input, check_points, check_prompt_tensors
+from .runtime import resolve_device
 from .transforms import frame_shape, postprocess_masks, preprocess_image
 from .utils import save_torch_atomic
 
@@ -36,17 +38,18 @@ class Predictor:
     the compute; the model's contract (``contract``) says how prompts and outputs are read.
     """
 
-    def __init__(self, model: Sam | str | None = None, checkpoint: str | os.PathLike[str] | None = None,
-                 device: str | torch.device | None = None, engine: str | Engine = "auto", **engine_options) -> None:
+    def __init__(self, model: Segmenter | str | None = None, checkpoint: str | os.PathLike[str] | None = None,
+                 device: str | torch.device | None = "auto", engine: str | Engine = "auto", **engine_options) -> None:
         """``engine``: auto | torch | onnxruntime | tensorrt (see ``swiftsam.engines``); ``engine_options``
         go to it, e.g. ``dtype="bf16"`` for torch or ``threads=2`` for onnxruntime. Without ``model``, the
-        default model (``swiftsam.DEFAULT_MODEL``, bundled: no download)."""
+        default model (``swiftsam.DEFAULT_MODEL``, bundled: no download). ``device``: auto (CUDA when present,
+        else the CPU), cpu, cuda, cuda:N; a model given as an object stays where it is unless a device is named."""
         if model is None or isinstance(model, str):
             from .api import DEFAULT_MODEL, load
 
             model = load(model or DEFAULT_MODEL, checkpoint=checkpoint, device=device)
-        elif device is not None:
-            model = model.to(device)
+        elif device not in (None, "auto"):
+            model = model.to(resolve_device(device))
         self.model = model.eval()
         self.engine = get_engine(engine, self.model, **engine_options)
         self.reset_image()
@@ -63,9 +66,10 @@ class Predictor:
 
     # ------------------------------------------------------------------ image
     def reset_image(self) -> None:
-        self.features: torch.Tensor | None = None
+        self.features: ImageFeatures | None = None
         self.original_size: tuple[int, int] | None = None
         self.is_image_set = False
+        self._batch: list[tuple[ImageFeatures, tuple[int, int]]] | None = None  # set_image_batch's images
 
     @property
     def device(self) -> torch.device:
@@ -89,22 +93,54 @@ class Predictor:
         x, _ = preprocess_image(array, self.model.spec, self.device)  # from the contract: no weights needed
         self.set_image_embedding(self.engine.encode(x), array.shape[:2])
 
+    @torch.inference_mode()
+    def set_image_batch(self, images: list[ImageLike], chunk: int = 8) -> None:
+        """Encode several images (as SAM2ImagePredictor.set_image_batch), ``chunk`` at a time through the encoder;
+        ``predict_batch`` then takes one prompt set per image. Images of one size share one encoder call."""
+        if isinstance(images, (np.ndarray, str, os.PathLike)) or not len(images):
+            raise InputError("set_image_batch takes a non-empty list of images (arrays, PIL images or paths).")
+        arrays = [load_image(im) for im in images]
+        entries: list[tuple[ImageFeatures, tuple[int, int]]] = []
+        for start in range(0, len(arrays), chunk):
+            part = arrays[start:start + chunk]
+            x = torch.cat([preprocess_image(a, self.model.spec, self.device)[0] for a in part])
+            feats = self.engine.encode(x)
+            entries += [(feats.map(lambda t, i=i: t[i:i + 1]), a.shape[:2]) for i, a in enumerate(part)]
+        self.set_image_embedding(*entries[0])
+        self._batch = entries
+
     def get_image_embedding(self) -> torch.Tensor:
+        """The image embedding the decoder attends to (1 x C x h x w), as SamPredictor's."""
+        self._require_image()
+        return self.features.embedding
+
+    def get_image_features(self) -> ImageFeatures:
+        """Every feature level of the image (SAM 2: the embedding and its two higher-resolution levels)."""
         self._require_image()
         return self.features
 
-    def set_image_embedding(self, embedding: torch.Tensor, original_size: tuple[int, int]) -> None:
-        """Use a precomputed embedding (1 x C x H x W, the contract's ``embedding_shape``: 1 x 256 x 64 x 64 for
-        SAM 1 models) of an image of ``original_size`` (H, W)."""
-        want = (1, *self.model.contract.embedding_shape)
-        if tuple(embedding.shape) != want:
-            raise InputError(f"embedding must have shape {want}, got {tuple(embedding.shape)}.")
+    def set_image_embedding(self, embedding: torch.Tensor | ImageFeatures, original_size: tuple[int, int]) -> None:
+        """Use precomputed features of an image of ``original_size`` (H, W): the embedding (1 x C x h x w, the
+        contract's ``embedding_shape``: 1 x 256 x 64 x 64 for SAM 1 models), or every level (``ImageFeatures``)
+        for models with higher-resolution levels (SAM 2)."""
+        features = ImageFeatures.of(embedding)
+        layout = self.model.contract.features
+        if len(features.levels) != len(layout):
+            raise InputError(f"{self.model.zoo_name or 'this model'} needs {len(layout)} feature level(s) "
+                             f"({', '.join(f.name for f in layout)}), got {len(features.levels)}: pass the "
+                             f"ImageFeatures of Predictor.get_image_features() / Engine.encode.")
+        for t, f in zip(features.levels, layout):
+            want = (1, f.channels, f.size, f.size)
+            if tuple(t.shape) != want:
+                what = "embedding" if f is layout[0] else f"feature level {f.name}"
+                raise InputError(f"{what} must have shape {want}, got {tuple(t.shape)}.")
         h, w = (int(v) for v in original_size)
         if h <= 0 or w <= 0:
             raise InputError(f"original_size must be positive (H, W), got {original_size}.")
-        self.features = embedding.to(self.device)
+        self.features = features.map(lambda t: t.to(self.device))
         self.original_size = (h, w)
         self.is_image_set = True
+        self._batch = None
 
     def save_embedding(self, path: str | os.PathLike[str]) -> None:
         """Write the current embedding so the image never needs encoding again (atomic write)."""
@@ -113,7 +149,8 @@ class Predictor:
             "format": EMBEDDING_FORMAT,
             "model": self.model.zoo_name or "",
             "contract": self.model.contract.to_dict(),  # the embedding is only valid for this image spec
-            "embedding": self.features.detach().cpu(),
+            "embedding": self.features.embedding.detach().cpu(),
+            "high_res": [t.detach().cpu() for t in self.features.high_res],
             "original_size": torch.tensor(self.original_size),
         }
         save_torch_atomic(payload, path)
@@ -136,7 +173,8 @@ class Predictor:
             if theirs != self.model.spec:
                 raise InputError(f"{path} was computed at input size {theirs.input_size} ({theirs}); this predictor "
                                  f"runs {self.model.spec}: encode the image again, or load the model as it was.")
-        self.set_image_embedding(payload["embedding"], tuple(payload["original_size"].tolist()))
+        levels = (payload["embedding"], *payload.get("high_res", ()))
+        self.set_image_embedding(ImageFeatures.of(levels), tuple(payload["original_size"].tolist()))
 
     # ---------------------------------------------------------------- prompts
     @property
@@ -153,13 +191,20 @@ class Predictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        normalize_coords: bool = True,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Masks (C x H x W), scores (C,), low-res logits (C x 256 x 256) for one prompt.
 
         A prompt is any combination of points (x, y pixels with labels 1/0), one box
         (x0, y0, x1, y1) and the low-res logits of an earlier prediction. C is 3 with
-        ``multimask_output`` and 1 without.
+        ``multimask_output`` and 1 without. ``normalize_coords=False`` (SAM2ImagePredictor's flag): points and
+        box are given relative to the image, 0..1, instead of in pixels.
         """
+        if not normalize_coords:
+            self._require_image()
+            h, w = self.original_size
+            point_coords = None if point_coords is None else np.asarray(point_coords, np.float64) * (w, h)
+            box = None if box is None else np.asarray(box, np.float64) * (w, h, w, h)
         batched = [None if a is None else np.asarray(a)[None] for a in (point_coords, point_labels, box, mask_input)]
         if point_coords is not None:
             self._require_image()
@@ -169,8 +214,7 @@ class Predictor:
             check_boxes(box, self.original_size)
         if mask_input is not None:
             check_mask_input(mask_input, tuple(self.contract.mask_input_size))
-        masks, scores, low = self.predict_batch(*batched, multimask_output=multimask_output,
-                                                return_logits=return_logits)
+        masks, scores, low = self._predict_prompts(*batched, multimask_output, return_logits)
         return masks[0], scores[0], low[0]
 
     def predict_batch(
@@ -181,15 +225,24 @@ class Predictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        normalize_coords: bool = True,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """B prompts in one decoder call: points (B, N, 2) + labels (B, N), boxes (B, 4), mask_input
         (B, 1, 256, 256). Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, 256, 256).
+
+        After ``set_image_batch`` it is SAM2ImagePredictor's ``predict_batch``: each argument is a list with one
+        entry per image (None where an image has none; an entry is what ``predict`` takes), and it returns
+        lists of masks, scores and low-res logits, one per image.
         """
+        if self._batch is not None:
+            return self._predict_image_batch(point_coords, point_labels, boxes, mask_input, multimask_output,
+                                             return_logits, normalize_coords)
         self._require_image()
-        prompts = PromptBatch.from_pixels(self.contract, self.original_size, point_coords, point_labels, boxes,
-                                          mask_input, device=self.device)
-        masks, scores, low = self._predict_torch(prompts, multimask_output, return_logits)
-        return masks.cpu().numpy(), scores.float().cpu().numpy(), low.float().cpu().numpy()
+        if not normalize_coords:
+            h, w = self.original_size
+            point_coords = None if point_coords is None else np.asarray(point_coords, np.float64) * (w, h)
+            boxes = None if boxes is None else np.asarray(boxes, np.float64) * (w, h, w, h)
+        return self._predict_prompts(point_coords, point_labels, boxes, mask_input, multimask_output, return_logits)
 
     def predict_torch(
         self,
@@ -214,8 +267,50 @@ class Predictor:
                                          device=self.device)
         return self._predict_torch(prompts, multimask_output, return_logits)
 
+    def _predict_image_batch(self, point_coords, point_labels, boxes, mask_input, multimask_output, return_logits,
+                             normalize_coords) -> tuple[list, list, list]:
+        entries = self._batch
+        n = len(entries)
+
+        def per_image(arg, what):
+            if arg is None:
+                return [None] * n
+            if len(arg) != n:
+                raise InputError(f"{what} has {len(arg)} entries for {n} images set by set_image_batch.")
+            return list(arg)
+
+        args = [per_image(a, w) for a, w in ((point_coords, "point_coords_batch"), (point_labels, "point_labels_batch"),
+                                              (boxes, "box_batch"), (mask_input, "mask_input_batch"))]
+        out: tuple[list, list, list] = ([], [], [])
+        try:
+            for i, (features, size) in enumerate(entries):
+                self.features, self.original_size = features, size
+                c, lab, b, m = (a[i] for a in args)
+                b = None if b is None else np.asarray(b, np.float64)
+                if b is not None and b.ndim == 2 and len(b) > 1 or c is not None and np.asarray(c).ndim == 3:
+                    if not normalize_coords:  # several prompts on this image
+                        h, w = size
+                        c = None if c is None else np.asarray(c, np.float64) * (w, h)
+                        b = None if b is None else b * (w, h, w, h)
+                    res = self._predict_prompts(c, lab, b, m, multimask_output, return_logits)
+                else:
+                    b = None if b is None else b.reshape(4)
+                    res = self.predict(c, lab, b, m, multimask_output, return_logits, normalize_coords)
+                for acc, r in zip(out, res):
+                    acc.append(r)
+        finally:
+            self.features, self.original_size = entries[0]
+        return out
+
+    def _predict_prompts(self, point_coords, point_labels, boxes, mask_input, multimask_output, return_logits):
+        prompts = PromptBatch.from_pixels(self.contract, self.original_size, point_coords, point_labels, boxes,
+                                          mask_input, device=self.device)
+        masks, scores, low = self._predict_torch(prompts, multimask_output, return_logits)
+        return masks.cpu().numpy(), scores.float().cpu().numpy(), low.float().cpu().numpy()
+
     @torch.inference_mode()
-    def decode(self, prompts: PromptBatch, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, prompts: PromptBatch, features: ImageFeatures | torch.Tensor | None = None, *,
+               object_scores: bool = False) -> tuple[torch.Tensor, ...]:
         """Every output of the decoder for B prompts: low-res logits (B x 4 x 256 x 256) and predicted IoU
         (B x 4); token 0 is the single-mask output, 1..3 the multimask outputs (``choose_outputs`` picks).
 
@@ -223,6 +318,7 @@ class Predictor:
         ...)``). ``features``: the embedding to decode against, one for all prompts or one per prompt; by
         default the image's, from ``set_image``. The one call to the engine's decoder: predict*, MaskGenerator,
         evaluation and benchmarks all decode here (training runs the model's modules itself, with gradients).
+        ``object_scores``: also SAM 2's object-score logits (B x 1; the object is present where > 0).
         """
         if not isinstance(prompts, PromptBatch):
             raise InputError(f"decode takes a swiftsam.prompts.PromptBatch (PromptBatch.from_pixels(...)), "
@@ -230,7 +326,12 @@ class Predictor:
         if features is None:
             self._require_image()
             features = self.features
-        return self.engine.decode(features, *prompts.to(self.device).tensors())
+        outputs = self.engine.decode(ImageFeatures.of(features), *prompts.to(self.device).tensors())
+        if object_scores:
+            if not self.contract.object_score:
+                raise InputError(f"{self.model.zoo_name or 'this model'} predicts no object score (SAM 2 models do).")
+            return tuple(outputs[:3])
+        return tuple(outputs[:2])
 
     @torch.inference_mode()
     def _predict_torch(self, prompts: PromptBatch, multimask_output: bool, return_logits: bool
@@ -242,6 +343,8 @@ class Predictor:
         masks = postprocess_masks(low, self.original_size, self.contract.image.prompt_size, self.contract.image.geometry)
         if not return_logits:
             masks = masks > self.model.mask_threshold
+        if self.contract.low_res_clamp is not None:  # SAM 2 clamps the logits it returns, after upsampling masks
+            low = low.clamp(-self.contract.low_res_clamp, self.contract.low_res_clamp)
         return masks, scores, low
 
     @torch.inference_mode()

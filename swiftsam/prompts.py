@@ -237,7 +237,8 @@ class PromptBatch:
                    device: torch.device | str = "cpu") -> PromptBatch:
         """Prompts already in the prompt frame and checked (``check_prompt_tensors``): points (B, N, 2) with
         labels (B, N), boxes (B, 4), mask_input (B, 1, h, w). Points come first, then the box corners; points
-        without a box get one padding point (as SAM's prompt encoder); a prompt without a mask input gets zeros
+        without a box get one padding point (as SAM's prompt encoder; SAM 2's order with the contract's
+        ``box_as_points``: ``flatten_prompts``); a prompt without a mask input gets zeros
         (has_mask_input 0) or, for a model trained with the box mask prior, its box as prior logits (1)."""
         point_coords, point_labels, boxes, mask_input = (
             None if t is None else torch.as_tensor(t) for t in (point_coords, point_labels, boxes, mask_input))
@@ -246,7 +247,7 @@ class PromptBatch:
             raise InputError("empty prompt: give at least one point (with its label), a box or a mask_input.")
         contract = _contract(model)
         batch = sizes[0]
-        coords, labels = flatten_prompts(point_coords, point_labels, boxes, batch, device)
+        coords, labels = flatten_prompts(point_coords, point_labels, boxes, batch, device, contract.box_as_points)
         size = tuple(contract.mask_input_size)
         if mask_input is not None:
             mask, has_mask = mask_input.to(device, torch.float32), torch.ones(batch, device=device)

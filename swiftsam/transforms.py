@@ -39,18 +39,32 @@ def preprocess_image(image: np.ndarray, spec, device: torch.device | str = "cpu"
     """H x W x 3 uint8 RGB -> (1 x 3 x S x S tensor: resized as ``spec.geometry`` says (``longest_side_pad``:
     the longer side to S, then zero-padded bottom/right; ``square``: to S x S), normalised with the model's
     pixel mean/std; the resized (h, w)). ``spec`` is the model's ``ImageSpec`` (its contract's ``image``): this
-    needs no weights, so an exported model preprocesses alike. Resizing is PIL's bilinear filter."""
+    needs no weights, so an exported model preprocesses alike. ``longest_side_pad`` resizes with PIL's bilinear
+    filter (as SAM's reference), ``square`` as SAM 2 (``preprocess_square``)."""
     s = spec.input_size
     if spec.geometry == "square":
-        resized = image if image.shape[:2] == (s, s) else np.array(Image.fromarray(image).resize((s, s), Image.BILINEAR))
-    else:
-        resized = resize_longest_side(image, s)
+        return preprocess_square(image, spec, device), (s, s)
+    resized = resize_longest_side(image, s)
     x = torch.from_numpy(np.ascontiguousarray(resized)).to(device).permute(2, 0, 1)[None].float()
     mean = torch.tensor(spec.pixel_mean, device=x.device).view(-1, 1, 1)
     std = torch.tensor(spec.pixel_std, device=x.device).view(-1, 1, 1)
     x = (x - mean) / std
     h, w = resized.shape[:2]
     return F.pad(x, (0, s - w, 0, s - h)), (h, w)
+
+
+def preprocess_square(image: np.ndarray | torch.Tensor, spec, device: torch.device | str = "cpu") -> torch.Tensor:
+    """SAM 2's preprocessing: H x W x 3 uint8 (or B x H x W x 3 of one size) -> B x 3 x S x S: scaled to 0..1,
+    resized to S x S (bilinear with antialiasing, as SAM 2's torchvision ``Resize`` of a tensor) and normalised
+    with the model's mean / std. Runs on ``device``, so a GPU does the resize."""
+    x = (torch.from_numpy(np.array(image, copy=True)) if isinstance(image, np.ndarray) else torch.as_tensor(image)).to(device)
+    x = (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2).float() / 255.0
+    s = spec.input_size
+    if tuple(x.shape[-2:]) != (s, s):
+        x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(spec.pixel_mean, device=x.device).view(-1, 1, 1) / 255.0
+    std = torch.tensor(spec.pixel_std, device=x.device).view(-1, 1, 1) / 255.0
+    return (x - mean) / std
 
 
 def _frame_scale(original_size: tuple[int, int], prompt_size: int, geometry: str = "longest_side_pad") -> np.ndarray:

@@ -25,6 +25,33 @@ def _module(name: str, **attrs) -> types.ModuleType:
     return mod
 
 
+# torchvision's transforms as sam2 uses them (SAM2Transforms scripts Resize + Normalize with torch.jit, so
+# they are nn.Modules defined at module level): tensor Resize is bilinear with antialias, as torchvision's
+class _ToTensor(torch.nn.Module):
+    def forward(self, arr):
+        return torch.from_numpy(np.asarray(arr).copy()).permute(2, 0, 1).float().div(255)
+
+
+class _Normalize(torch.nn.Module):
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class _Resize(torch.nn.Module):
+    def __init__(self, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = [int(size[0]), int(size[1])]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False,
+                                               antialias=True)[0]
+
+
 def _install_torchvision_stub() -> None:
     def resize(img, size, *args, **kwargs):
         return img.resize((size[1], size[0]), Image.BILINEAR)
@@ -40,18 +67,6 @@ def _install_torchvision_stub() -> None:
             for t in self.ts:
                 x = t(x)
             return x
-
-    class ToTensor:
-        def __call__(self, arr):
-            return torch.from_numpy(np.asarray(arr).copy()).permute(2, 0, 1).float().div(255)
-
-    class Normalize:
-        def __init__(self, mean, std):
-            self.mean = torch.tensor(mean).view(-1, 1, 1)
-            self.std = torch.tensor(std).view(-1, 1, 1)
-
-        def __call__(self, x):
-            return (x - self.mean) / self.std
 
     def box_area(b):
         return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
@@ -76,7 +91,8 @@ def _install_torchvision_stub() -> None:
         return torch.tensor(keep, dtype=torch.int64)
 
     tv = _module("torchvision")
-    tv.transforms = _module("torchvision.transforms", Compose=Compose, ToTensor=ToTensor, Normalize=Normalize)
+    tv.transforms = _module("torchvision.transforms", Compose=Compose, ToTensor=_ToTensor, Normalize=_Normalize,
+                            Resize=_Resize)
     tv.transforms.functional = _module("torchvision.transforms.functional", resize=resize, to_pil_image=to_pil_image)
     tv.ops = _module("torchvision.ops")
     tv.ops.boxes = _module("torchvision.ops.boxes", batched_nms=batched_nms, box_area=box_area)
@@ -137,8 +153,10 @@ def _session_home(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _isolated_home(_session_home, monkeypatch):
-    """Tests never touch the user's cache: exported graphs and checkpoints go to a session folder."""
+    """Tests never touch the user's cache: exported graphs and checkpoints go to a session folder. Models
+    loaded with device "auto" stay on the CPU on a GPU machine too (the tests compare with CPU tensors)."""
     monkeypatch.setenv("SWIFTSAM_HOME", str(_session_home))
+    monkeypatch.setenv("SWIFTSAM_DEVICE", "cpu")
 
 
 @pytest.fixture

@@ -31,7 +31,10 @@ def test_every_zoo_model_declares_its_contract(name):
     c = model.contract
     assert c.name == name and c.image == swiftsam.get_entry(name).spec
     assert ModelContract.from_dict(c.to_dict()) == c  # what manifests and checkpoints record comes back equal
-    assert c.features == tuple(model.image_encoder.feature_info)  # the encoder declares its layout
+    if swiftsam.get_entry(name).family == "sam2":  # the layout follows the input size (forward_image checks it)
+        assert [f.size * s for f, s in zip(c.features, (16, 4, 8))] == [c.image.input_size] * 3
+    else:
+        assert c.features == tuple(model.image_encoder.feature_info)  # the encoder declares its layout
     assert c.embedding_shape == (model.prompt_encoder.embed_dim, *model.prompt_encoder.image_embedding_size)
     assert c.mask_input_size == tuple(model.prompt_encoder.mask_input_size)
     assert (c.multimask_only, c.box_mask_prior) == (model.multimask_only, model.box_mask_prior)
@@ -139,7 +142,7 @@ def test_an_embedding_file_is_refused_by_a_model_with_another_image_spec(tmp_pat
         large.load_embedding(tmp_path / "e.pt")  # same shape, another encoder frame: silently wrong before
     back = Predictor(swiftsam.load(), engine="torch")
     back.load_embedding(tmp_path / "e.pt")
-    assert torch.equal(back.features, small.features)
+    assert torch.equal(back.get_image_embedding(), small.get_image_embedding())
 
 
 def test_cli_runs_an_export_folder_with_its_own_contract(tmp_path, capsys):
@@ -177,10 +180,13 @@ def test_square_geometry_resizes_without_padding_and_scales_prompts_per_axis():
     randomize_(model, seed=4)
     image = np.random.default_rng(0).integers(0, 256, (80, 160, 3), dtype=np.uint8)
     x, hw = preprocess_image(image, spec)
-    ref = np.asarray(Image.fromarray(image).resize((128, 128), Image.BILINEAR), np.float32)
-    want = (torch.from_numpy(ref).permute(2, 0, 1)[None] - torch.tensor(spec.pixel_mean).view(-1, 1, 1)) / torch.tensor(
-        spec.pixel_std).view(-1, 1, 1)
-    assert hw == (128, 128) and torch.allclose(x, want)  # no padding
+    # as SAM 2's transforms: to 0..1, torchvision's tensor Resize (bilinear, antialiased), then normalise
+    resized = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, (128, 128),
+                            mode="bilinear", align_corners=False, antialias=True)
+    want = (resized - torch.tensor(spec.pixel_mean).view(-1, 1, 1) / 255) / (torch.tensor(spec.pixel_std).view(-1, 1, 1) / 255)
+    assert hw == (128, 128) and torch.allclose(x, want, atol=1e-5)  # no padding
+    pil = np.asarray(Image.fromarray(image).resize((128, 128), Image.BILINEAR), np.float32)  # not PIL's filter
+    assert not np.allclose(resized[0].permute(1, 2, 0).numpy() * 255, pil, atol=0.5)
     batch = PromptBatch.from_pixels(model, (80, 160), boxes=np.array([[16, 8, 80, 40]]))
     np.testing.assert_allclose(batch.point_coords[0].numpy(), [[16 * 1024 / 160, 8 * 1024 / 80],
                                                                [80 * 1024 / 160, 40 * 1024 / 80]], rtol=1e-6)

@@ -76,7 +76,7 @@ def test_onnxruntime_matches_torch(family):
     torch_engine, ort_engine = TorchEngine(model), OrtEngine(model, onnx_dir=folder)
     s = model.spec.input_size
     x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(1))  # batch 2: the batch axis is dynamic
-    emb_t, emb_o = torch_engine.encode(x), ort_engine.encode(x)
+    emb_t, emb_o = torch_engine.encode(x).embedding, ort_engine.encode(x).embedding
     assert emb_o.shape == emb_t.shape == (2, 256, 64, 64)
     assert (emb_o - emb_t).abs().max() < 1e-3
 
@@ -200,9 +200,9 @@ def test_onnxruntime_engine_exports_once_and_reuses_the_cache(swiftsam_home):
 def test_torch_engine_options_stay_close_to_fp32():
     model = random_model("nanosam-r18", input_size=256)
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    ref = TorchEngine(model).encode(x)
-    assert (TorchEngine(model, channels_last=True).encode(x) - ref).abs().max() < 1e-4
-    bf16 = TorchEngine(model, dtype="bf16").encode(x)
+    ref = TorchEngine(model).encode(x).embedding
+    assert (TorchEngine(model, channels_last=True).encode(x).embedding - ref).abs().max() < 1e-4
+    bf16 = TorchEngine(model, dtype="bf16").encode(x).embedding
     assert bf16.dtype == torch.float32
     assert (bf16 - ref).abs().max() < 0.1 * ref.abs().max()
 

@@ -17,6 +17,7 @@ REFERENCES = {
     "sam-vit-h": lambda **kw: reference_sam_vit("h", **kw),
     "mobilesam": reference_mobilesam,
     "tinysam": reference_mobilesam,  # TinySAM's architecture is MobileSAM's
+    "tinysam-1.0": reference_mobilesam,
     **{f"efficientvit-sam-{v}": (lambda _v=v, **kw: reference_efficientvit(_v, **kw))
        for v in ("l0", "l1", "l2", "xl0", "xl1")},
 }

@@ -180,7 +180,7 @@ def test_predictor_decode_is_the_engines_decode():
     assert low.shape == (2, 4, 256, 256) and iou.shape == (2, 4)
     want = p.engine.decode(p.features, *batch.tensors())
     assert torch.equal(low, want[0]) and torch.equal(iou, want[1])
-    torch.testing.assert_close(p.decode(batch, features=p.features.expand(2, -1, -1, -1))[0], low)
+    torch.testing.assert_close(p.decode(batch, features=p.get_image_embedding().expand(2, -1, -1, -1))[0], low)
     with pytest.raises(InputError, match="PromptBatch"):
         p.decode((batch.point_coords, batch.point_labels))
 
@@ -206,11 +206,11 @@ def test_sam_onnx_decoder_single_mask_follows_the_output_policy(tinysam_like):
     low, iou = p.decode(batch)
     size = torch.tensor([120.0, 160.0])
     with torch.inference_mode():
-        _, got_iou, got_low = SamOnnxDecoder(tinysam_like, return_single_mask=True)(p.features, *batch.tensors(), size)
+        _, got_iou, got_low = SamOnnxDecoder(tinysam_like, return_single_mask=True)(p.get_image_embedding(), *batch.tensors(), size)
         tinysam_like.multimask_only = False
         try:
             _, sam_iou, sam_low = SamOnnxDecoder(tinysam_like, return_single_mask=True)(
-                p.features, *batch.tensors(), size)
+                p.get_image_embedding(), *batch.tensors(), size)
         finally:
             tinysam_like.multimask_only = True
     best = int(iou[0, 1:].argmax()) + 1

@@ -75,7 +75,7 @@ def test_w8a8_checkpoint_round_trips_through_load(tmp_path):
         assert torch.equal(back.image_encoder(x), q.image_encoder(x))
         # the torch engine folds batch norms, but never into a quantized conv (its scales fit the unfolded weights)
         engine = TorchEngine(back)
-        assert torch.allclose(engine.encode(x), back.image_encoder(x), atol=1e-5)
+        assert torch.allclose(engine.encode(x).embedding, back.image_encoder(x), atol=1e-5)
 
 
 def test_onnxruntime_int8_encoder_runs_and_agrees(tmp_path):
@@ -93,7 +93,7 @@ def test_onnxruntime_int8_encoder_runs_and_agrees(tmp_path):
     x = _inputs(model, 1)[0]
     with torch.no_grad():
         ref = model.image_encoder(x)
-    out = int8.encode(x)
+    out = int8.encode(x).embedding
     rel = float((out - ref).pow(2).mean() / ref.var())
     assert 0 < rel < 0.05
     assert count_qdq(tmp_path / "encoder.fp32.onnx")["QuantizeLinear"] == 0

@@ -54,6 +54,15 @@ def table(doc: dict) -> str:
     for (model, impl, engine, precision, size, reason), n in groups.items():
         who = engine if impl == "swiftsam" else "reference"
         out.append(f"skipped {n} cell{'s' * (n > 1)}: {model} {who} {precision} size {size}: {reason}")
+    best = doc.get("best_vs_best", [])
+    if best:
+        out.append("")
+        out.append("best vs best (swiftsam's fastest engine and precision / the reference's fastest precision):")
+        for b in best:
+            n = f" n{b['prompts']}" if b["stage"] == "decoder" else f" bs{b['batch_size']}"
+            out.append(f"  {b['model']} {b['input_size']} {b['stage']}{n}: {b['swiftsam_engine']} {b['swiftsam_precision']} "
+                       f"{b['swiftsam_median_s'] * 1e3:,.1f} ms vs reference {b['reference_precision']} "
+                       f"{b['reference_median_s'] * 1e3:,.1f} ms = {b['speedup']:.2f}x")
     return "\n".join(out)
 
 
@@ -142,7 +151,9 @@ def chart(doc: dict, path: str | os.PathLike[str], stage: str = "pipeline", pane
 
 def markdown(doc: dict) -> str:
     """One markdown table per stage: rows are models (and prompt counts / batch sizes), columns the
-    implementations; each swiftsam cell shows milliseconds and its speed-up over the reference in fp32."""
+    implementations; each swiftsam cell shows milliseconds and its speed-up over the reference in the same
+    precision (fp32 vs fp32, bf16 vs bf16; int8 against the reference in fp32, which has no int8). Then the
+    best-vs-best table."""
     cols: list[tuple[str, str, str]] = []
     for r in doc["results"]:
         c = (r["implementation"], r["engine"], r["precision"])
@@ -159,13 +170,14 @@ def markdown(doc: dict) -> str:
             continue
         what = {"encoder": "batch", "decoder": "prompts", "pipeline": "batch"}[stage]
         head = ["model", "input", what] + [("reference" if i == "reference" else e) + f" {p}" for i, e, p in cols]
-        out += [f"### {stage} (median ms; x = speed-up over the reference in fp32)", "",
+        out += [f"### {stage} (median ms; x = speed-up over the reference in the same precision, int8 over fp32)", "",
                 "| " + " | ".join(head) + " |", "| " + " | ".join(["---"] * 3 + ["---:"] * len(cols)) + " |"]
         for model, size, batch, prompts in keys:
             cells = []
-            ref = index.get((model, size, stage, batch, prompts, "reference", "eager", "fp32"))
             for impl, engine, precision in cols:
                 r = index.get((model, size, stage, batch, prompts, impl, engine, precision))
+                ref = index.get((model, size, stage, batch, prompts, "reference", "eager",
+                                 "fp32" if precision == "int8" else precision))
                 if r is None:
                     cells.append("-")
                 elif impl == "swiftsam" and ref is not None:
@@ -174,5 +186,16 @@ def markdown(doc: dict) -> str:
                     cells.append(f"{r['median_s'] * 1e3:,.1f}")
             n = prompts if stage == "decoder" else batch
             out.append("| " + " | ".join([model, str(size), str(n)] + cells) + " |")
+        out.append("")
+    best = doc.get("best_vs_best", [])
+    if best:
+        out += ["### best vs best (swiftsam's fastest engine and precision / the reference's fastest precision)", "",
+                "| model | input | stage | batch / prompts | swiftsam | ms | reference | ms | speed-up |",
+                "| --- | --- | --- | --- | --- | ---: | --- | ---: | ---: |"]
+        for b in best:
+            n = b["prompts"] if b["stage"] == "decoder" else b["batch_size"]
+            out.append(f"| {b['model']} | {b['input_size']} | {b['stage']} | {n} | {b['swiftsam_engine']} "
+                       f"{b['swiftsam_precision']} | {b['swiftsam_median_s'] * 1e3:,.1f} | {b['reference_precision']} | "
+                       f"{b['reference_median_s'] * 1e3:,.1f} | {b['speedup']:.2f}x |")
         out.append("")
     return "\n".join(out)

@@ -28,12 +28,12 @@ from ..runtime import autocast
 from ..utils import atomic_path
 from ..zoo import get_entry
 from .measure import measure
-from .reference import ReferenceWorkloads, why_no_reference
+from .reference import reference_workloads, why_no_reference
 from .workloads import SwiftsamWorkloads, example_boxes
 
 SCHEMA = "swiftsam.bench/1"
 STAGES = ("encoder", "decoder", "pipeline")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: the openvino engine (an NNCF encoder)
 # engine name -> (registry engine, options); precision is added per cell
 ENGINE_VARIANTS: dict[str, tuple[str, dict]] = {
     "torch": ("torch", {}),
@@ -41,6 +41,7 @@ ENGINE_VARIANTS: dict[str, tuple[str, dict]] = {
     "torch-cudagraphs": ("torch", {"cuda_graphs": True}),
     "onnxruntime": ("onnxruntime", {}),
     "tensorrt": ("tensorrt", {}),
+    "openvino": ("openvino", {}),
 }
 # the settings a resumed sweep must share with the results it continues
 MEASUREMENT_KEYS = ("warmup", "iterations", "min_time_s", "device", "threads", "channels_last", "seed", "image")
@@ -139,7 +140,7 @@ def machine_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
-    for pkg in ("onnxruntime", "tensorrt"):
+    for pkg in ("onnxruntime", "tensorrt", "openvino"):
         with contextlib.suppress(Exception):
             info[pkg] = __import__(pkg).__version__
     return info
@@ -163,11 +164,17 @@ def _make_engine(model: Sam, cell: Cell, config: BenchConfig):
     options = dict(options)
     device = model.device
     if engine == "torch":
+        if cell.precision == "int8":
+            raise EngineError("the torch engine has no int8 path here (swiftsam quantize --backend torch is fake-quant)")
         options.update(dtype=cell.precision, channels_last=config.channels_last)
     elif engine == "onnxruntime":
         if cell.precision != "fp32":
             raise EngineError(f"the onnxruntime engine runs fp32 graphs only (asked for {cell.precision})")
         options.update(provider="cuda" if device.type == "cuda" else "cpu", threads=config.threads)
+    elif engine == "openvino":
+        if cell.precision == "fp16":
+            raise EngineError("the openvino engine runs fp32, bf16 or int8 on CPU, not fp16")
+        options.update(precision=cell.precision, threads=config.threads)
     elif engine == "tensorrt":
         if device.type != "cuda":
             raise EngineError("tensorrt needs --device cuda")
@@ -215,10 +222,12 @@ def run_cell(cell: Cell, res: _Resources, image: np.ndarray) -> dict:
             raise EngineError(reason)
         if cell.input_size not in (None, get_entry(cell.model).spec.input_size):
             raise EngineError("the reference runs at the model's own input size only")
+        if cell.precision == "int8":
+            raise EngineError("the reference has no int8 path")
     model = res.get(("model", cell.model, cell.input_size),
                     lambda: _build_model(cell.model, cell.input_size, device, config.seed))
     if cell.implementation == "reference":
-        impl = res.get(("reference", cell.model, cell.input_size), lambda: ReferenceWorkloads(model))
+        impl = res.get(("reference", cell.model, cell.input_size), lambda: reference_workloads(model))
         describe = f"{impl.module} eager"
         scope = lambda: autocast(device, cell.precision)  # noqa: E731
     else:
@@ -234,8 +243,8 @@ def run_cell(cell: Cell, res: _Resources, image: np.ndarray) -> dict:
         fn, count, unit = impl.encoder(x), cell.batch_size, "img/s"
     elif cell.stage == "decoder":
         emb_key = ("embedding", cell.model, cell.input_size)
-        emb = res.get(emb_key, lambda: model.image_encoder.eval()(
-            torch.randn(1, 3, size, size, generator=gen).to(device)).detach())
+        emb = res.get(emb_key, lambda: model.eval().forward_image(  # every feature level (SAM 2: three)
+            torch.randn(1, 3, size, size, generator=gen).to(device)).map(torch.Tensor.detach))
         boxes = example_boxes(cell.prompts, image.shape[:2], config.seed)
         fn, count, unit = impl.decoder(emb, boxes, image.shape[:2]), cell.prompts, "prompts/s"
     else:
@@ -278,6 +287,27 @@ def speedups(rows: list[dict]) -> list[dict]:
     return out
 
 
+def best_vs_best(rows: list[dict]) -> list[dict]:
+    """Per model, input size, stage, batch and prompt count: swiftsam's fastest row (any engine, any precision)
+    against the reference's fastest (any precision), and the ratio of their times."""
+    best: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        key = (r["model"], r["input_size"], r["stage"], r["batch_size"], r["prompts"])
+        slot = best.setdefault(key, {})
+        if r["implementation"] not in slot or r["median_s"] < slot[r["implementation"]]["median_s"]:
+            slot[r["implementation"]] = r
+    out = []
+    for (model, size, stage, batch, prompts), slot in best.items():
+        ours, ref = slot.get("swiftsam"), slot.get("reference")
+        if ours is None or ref is None:
+            continue
+        out.append({"model": model, "input_size": size, "stage": stage, "batch_size": batch, "prompts": prompts,
+                    "swiftsam_engine": ours["engine"], "swiftsam_precision": ours["precision"],
+                    "swiftsam_median_s": ours["median_s"], "reference_precision": ref["precision"],
+                    "reference_median_s": ref["median_s"], "speedup": ref["median_s"] / ours["median_s"]})
+    return out
+
+
 def _settings(config: BenchConfig) -> dict:
     return {k: getattr(config, k) for k in MEASUREMENT_KEYS}
 
@@ -314,7 +344,7 @@ def run_bench(config: BenchConfig, out: str | os.PathLike[str] | None = None, re
     cells = [c for c in plan(config) if c.key not in done]
     doc = {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "machine": machine_info(device), "config": asdict(config), "results": rows, "skipped": skipped,
-           "speedups": speedups(rows)}
+           "speedups": speedups(rows), "best_vs_best": best_vs_best(rows)}
     res = _Resources(config, device)
     image = _image(config)
     for cell in _progress(cells, progress):
@@ -331,6 +361,7 @@ def run_bench(config: BenchConfig, out: str | os.PathLike[str] | None = None, re
             who = "the reference code failed: " if cell.implementation == "reference" else ""
             skipped.append({**asdict(cell), "cell_key": cell.key, "reason": f"{who}{type(e).__name__}: {first}"})
         doc["speedups"] = speedups(rows)
+        doc["best_vs_best"] = best_vs_best(rows)
         if out is not None:
             _write(doc, out)
     if out is not None:

@@ -10,9 +10,9 @@ import torch
 
 from ..errors import EngineError
 from ..export.onnx import cached_export, check_export_matches, read_manifest
-from ..modeling.sam import Sam
+from ..modeling.segmenter import Segmenter
 from ..zoo.hub import swiftsam_home
-from .base import Engine
+from .base import StageEngine
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -46,7 +46,7 @@ def _session(ort, path: Path, options, providers: list[str], again: str):
                           f"model; {again}.") from None
 
 
-class OrtEngine(Engine):
+class OrtEngine(StageEngine):
     """Runs ``encoder.onnx`` and ``decoder.onnx``: exported from ``model`` on first use (cached under
     ``$SWIFTSAM_HOME/onnx`` by weights fingerprint), or taken from ``onnx_dir`` (``swiftsam export``).
 
@@ -58,7 +58,7 @@ class OrtEngine(Engine):
 
     def __init__(
         self,
-        model: Sam,
+        model: Segmenter,
         provider: str = "cpu",
         threads: int | None = None,
         onnx_dir: str | os.PathLike[str] | None = None,
@@ -104,23 +104,16 @@ class OrtEngine(Engine):
         again = (f"export it again (swiftsam export {model.zoo_name or 'MODEL'} ... --out {folder})" if onnx_dir is not None
                  else f"delete {folder} and it is exported again")
         self._stages = model.stages
-        self._encoder = _session(ort, folder / "encoder.onnx", options, providers, again)
-        self._decoder = _session(ort, folder / "decoder.onnx", options, providers, again)
+        self._sessions = {"encode": _session(ort, folder / "encoder.onnx", options, providers, again),
+                          "decode": _session(ort, folder / "decoder.onnx", options, providers, again)}
 
-    def _run(self, session, stage: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
+    def _run(self, stage: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """Run ``stage`` (``model.stages``: its input and output names) on float32 CPU arrays."""
         spec = self._stages[stage]
+        session = self._sessions[stage]
         feed = {name: np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
                 for name, t in zip(spec.input_names, inputs, strict=True)}
         return [torch.from_numpy(a) for a in session.run(spec.output_names, feed)]
-
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self._run(self._encoder, "encode", image)[0]
-
-    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        low, iou = self._run(self._decoder, "decode", image_embeddings, point_coords, point_labels, mask_input,
-                             has_mask_input)
-        return low, iou
 
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads else ""

@@ -15,11 +15,11 @@ import torch
 
 from ..errors import EngineError
 from ..export.onnx import cached_export, check_export_matches, read_manifest
-from ..modeling.sam import Sam
+from ..modeling.segmenter import Segmenter
 from ..modeling.stages import Stage
 from ..utils import atomic_path
 from ..zoo.hub import swiftsam_home
-from .base import Engine
+from .base import StageEngine
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -128,7 +128,7 @@ def _profile(stage: Stage, axes: dict[str, tuple[int, int, int]]) -> dict[str, t
         zip(*(stage.input_shapes({a: r[k] for a, r in axes.items()}).values() for k in range(3))), strict=True)}
 
 
-class TensorRTEngine(Engine):
+class TensorRTEngine(StageEngine):
     """Encoder and batched decoder as TensorRT engines (built on first use, then cached).
 
     Profiles: encoder batch 1..``max_batch``; decoder 1..``max_prompts`` prompts of
@@ -137,7 +137,7 @@ class TensorRTEngine(Engine):
 
     name = "tensorrt"
 
-    def __init__(self, model: Sam, precision: str = "fp16", max_batch: int = 4, max_prompts: int = 64,
+    def __init__(self, model: Segmenter, precision: str = "fp16", max_batch: int = 4, max_prompts: int = 64,
                  max_points: int = 16, onnx_dir: str | os.PathLike[str] | None = None) -> None:
         super().__init__(model)
         trt = _trt()
@@ -166,26 +166,18 @@ class TensorRTEngine(Engine):
             if not path.exists():
                 build_engine(folder / f"{part}.onnx", path, profile, precision)
             self.paths[part] = path
-        self._encoder = _TrtRunner(trt, self.paths["encoder"])
-        self._decoder = _TrtRunner(trt, self.paths["decoder"])
+        self._runners = {"encode": _TrtRunner(trt, self.paths["encoder"]),
+                         "decode": _TrtRunner(trt, self.paths["decoder"])}
 
     @property
     def device(self) -> torch.device:
         return torch.device("cuda")
 
-    def _run(self, runner: _TrtRunner, stage: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
+    def _run(self, stage: str, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """Run ``stage`` (``model.stages``: its input and output names) on float32 CUDA tensors."""
         spec = self._stages[stage]
-        out = runner({n: t.to("cuda", torch.float32) for n, t in zip(spec.input_names, inputs, strict=True)})
+        out = self._runners[stage]({n: t.to("cuda", torch.float32) for n, t in zip(spec.input_names, inputs, strict=True)})
         return [out[n].float() for n in spec.output_names]
-
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return self._run(self._encoder, "encode", image)[0]
-
-    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
-        low, iou = self._run(self._decoder, "decode", image_embeddings, point_coords, point_labels, mask_input,
-                             has_mask_input)
-        return low, iou
 
     def describe(self) -> str:
         return f"tensorrt[{self.precision}]"

@@ -6,7 +6,8 @@ import torch
 
 from ..errors import EngineError
 from ..modeling.prompt_decoder import PromptDecoder
-from ..modeling.sam import Sam
+from ..modeling.features import ImageFeatures
+from ..modeling.segmenter import Segmenter
 from ..runtime import PRECISIONS, autocast
 from .base import Engine
 from .optimize import count_foldable, fold_batch_norms
@@ -31,7 +32,7 @@ class TorchEngine(Engine):
 
     def __init__(
         self,
-        model: Sam,
+        model: Segmenter,
         dtype: str = "fp32",
         channels_last: bool = False,
         compile: bool = False,
@@ -51,7 +52,7 @@ class TorchEngine(Engine):
         self.compiled = compile
         self.compile_mode = compile_mode
         self.cuda_graphs = cuda_graphs
-        encoder = model.image_encoder
+        encoder = model.image_stage()
         self.folded_bn = fold_bn and not model.training and count_foldable(encoder) > 0
         if self.folded_bn:
             encoder = fold_batch_norms(encoder)
@@ -71,20 +72,20 @@ class TorchEngine(Engine):
     def device(self) -> torch.device:
         return self.model.device
 
-    def _run_encoder(self, image: torch.Tensor) -> torch.Tensor:
+    def _run_encoder(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with autocast(self.device, self.dtype):
-            return self._encoder(image).float()
+            return tuple(t.float() for t in ImageFeatures.of(self._encoder(image)).levels)
 
     @torch.inference_mode()
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
+    def encode(self, image: torch.Tensor) -> ImageFeatures:
         image = image.to(self.device, torch.float32)
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         if self.cuda_graphs and image.shape[0] == 1:
-            return self._replay(image)
-        return self._run_encoder(image)
+            return ImageFeatures.of(self._replay(image))
+        return ImageFeatures.of(self._run_encoder(image))
 
-    def _replay(self, image: torch.Tensor) -> torch.Tensor:
+    def _replay(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self._graph is None:
             static_in = image.clone()
             stream = torch.cuda.Stream()
@@ -100,16 +101,17 @@ class TorchEngine(Engine):
         graph, static_in, static_out = self._graph
         static_in.copy_(image)
         graph.replay()
-        return static_out.clone()
+        return tuple(t.clone() for t in static_out)
 
     @torch.inference_mode()
-    def decode(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+    def decode(self, features, point_coords, point_labels, mask_input, has_mask_input):
         dev = self.device
-        low, iou = self._decoder(
-            image_embeddings.to(dev, torch.float32), point_coords.to(dev, torch.float32),
-            point_labels.to(dev, torch.float32), mask_input.to(dev, torch.float32), has_mask_input.to(dev, torch.float32),
-        )
-        return low, iou
+        levels = ImageFeatures.of(features).levels
+        embedding, *high_res = (t.to(dev, torch.float32) for t in levels)
+        return tuple(self._decoder(
+            embedding, point_coords.to(dev, torch.float32), point_labels.to(dev, torch.float32),
+            mask_input.to(dev, torch.float32), has_mask_input.to(dev, torch.float32), *high_res,
+        ))
 
     def describe(self) -> str:
         extras = [self.dtype] + (["channels_last"] if self.channels_last else [])

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from ..errors import EngineError
 from ..modeling.contract import ModelContract
 from ..modeling.prompt_decoder import PromptDecoder, best_tokens, take_tokens
-from ..modeling.sam import Sam
+from ..modeling.segmenter import Segmenter
 from ..modeling.stages import Stage, sam_stages
 from ..utils import atomic_path, host_tag, pid_alive, remove_stale_parts
 
@@ -65,7 +65,7 @@ class SamOnnxDecoder(nn.Module):
     included), else the best of tokens 1..3.
     """
 
-    def __init__(self, model: Sam, return_single_mask: bool = False) -> None:
+    def __init__(self, model: Segmenter, return_single_mask: bool = False) -> None:
         super().__init__()
         self.decoder = PromptDecoder(model)
         self.prompt_size = model.spec.prompt_size
@@ -73,8 +73,12 @@ class SamOnnxDecoder(nn.Module):
         self.return_single_mask = return_single_mask
         self.multimask_only = model.multimask_only
 
-    def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size):
-        low, iou = self.decoder(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # the stage's order: the embedding, SAM's flat prompts, SAM 2's high-res levels, orig_im_size (a
+        # variadic forward: the exporter then adds no defaults of keyword parameters as inputs)
+        *decoder_inputs, orig_im_size = inputs
+        point_labels = decoder_inputs[2]
+        low, iou = self.decoder(*decoder_inputs)[:2]
         if self.return_single_mask:
             n_points = torch.ones_like(point_labels).sum(dim=1)
             single = best_tokens(iou, "single", multimask_only=self.multimask_only)
@@ -92,6 +96,18 @@ class SamOnnxDecoder(nn.Module):
         resized = torch.floor(size * (p / size.max()) + 0.5).to(torch.int64)
         masks = masks[..., : resized[0], : resized[1]]  # 0-d tensors: traced as graph inputs, not constants
         return F.interpolate(masks, size=(hw[0], hw[1]), mode="bilinear", align_corners=False)
+
+
+class DecodeGraph(nn.Module):
+    """The ``decode`` stage as traced: ``PromptDecoder`` with its inputs in the stage's order (a variadic forward,
+    so the exporter adds no keyword defaults as graph inputs)."""
+
+    def __init__(self, model: Segmenter) -> None:
+        super().__init__()
+        self.decoder = PromptDecoder(model)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.decoder(*inputs)
 
 
 def _require_onnx():
@@ -146,9 +162,9 @@ def _trace(module: nn.Module, args: tuple, path: Path, io: tuple[list[str], list
 
 
 # export part -> (file, the model stage it holds, the module traced for it)
-EXPORTS: dict[str, tuple[str, str, Callable[[Sam, bool], nn.Module]]] = {
-    "encoder": ("encoder.onnx", "encode", lambda model, single: model.image_encoder),
-    "decoder": ("decoder.onnx", "decode", lambda model, single: PromptDecoder(model)),
+EXPORTS: dict[str, tuple[str, str, Callable[[Segmenter, bool], nn.Module]]] = {
+    "encoder": ("encoder.onnx", "encode", lambda model, single: model.image_stage()),
+    "decoder": ("decoder.onnx", "decode", lambda model, single: DecodeGraph(model)),
     "sam_decoder": ("sam_decoder.onnx", "sam_decode", lambda model, single: SamOnnxDecoder(model, single)),
 }
 PARTS = tuple(EXPORTS)
@@ -175,12 +191,16 @@ def _example_inputs(stage: Stage, device: torch.device) -> tuple[torch.Tensor, .
     return tuple(values)
 
 
-def export_part(model: Sam, part: str, path: Path, opset: int = OPSET, sam_single_mask: bool = False) -> Stage:
+def export_part(model: Segmenter, part: str, path: Path, opset: int = OPSET, sam_single_mask: bool = False) -> Stage:
     """Trace one export part of ``model`` (its stage's names, shapes and dynamic axes) into ``path``."""
     _, stage_name, module = EXPORTS[part]
     stage = sam_stages(model.contract, sam_single_mask)[stage_name]
-    _trace(module(model, sam_single_mask), _example_inputs(stage, model.device), path,
-           (stage.input_names, stage.output_names), stage.dynamic_axes(), opset)
+    was_training = model.training
+    try:  # a fresh wrapper module is in training mode, which the exporter would leave on the model's modules
+        _trace(module(model, sam_single_mask).eval(), _example_inputs(stage, model.device), path,
+               (stage.input_names, stage.output_names), stage.dynamic_axes(), opset)
+    finally:
+        model.train(was_training)
     return stage
 
 
@@ -196,7 +216,7 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def export_onnx(
-    model: Sam,
+    model: Segmenter,
     out_dir: str | os.PathLike[str],
     parts: Iterable[str] = ("encoder", "decoder", "sam_decoder"),
     *,
@@ -293,7 +313,7 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> dict:
     return manifest
 
 
-def check_export_matches(folder: str | os.PathLike[str], manifest: dict, model: Sam) -> None:
+def check_export_matches(folder: str | os.PathLike[str], manifest: dict, model: Segmenter) -> None:
     """Refuse an export folder made from other weights (or another input size) than ``model``: its graphs
     would run those weights silently."""
     expected = manifest.get("fingerprint")
@@ -316,7 +336,7 @@ def check_export_matches(folder: str | os.PathLike[str], manifest: dict, model: 
     )
 
 
-def cached_export(model: Sam, root: Path, parts: Iterable[str]) -> Path:
+def cached_export(model: Segmenter, root: Path, parts: Iterable[str]) -> Path:
     """Export once per (model, weights) into ``root/<name>-<fingerprint>``; later calls reuse it."""
     fingerprint = weights_fingerprint(model)
     folder = root / f"{model.zoo_name or 'model'}-{fingerprint}"

@@ -38,13 +38,17 @@ class MLPBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU between them (decoder heads)."""
+    """``num_layers`` linear layers with ReLU between them (decoder heads); ``sigmoid_output`` puts a
+    sigmoid on the result (SAM 2's IoU head)."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+    def __init__(
+        self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int, sigmoid_output: bool = False
+    ) -> None:
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims_in, dims_out))
+        self.sigmoid_output = sigmoid_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.layers) - 1
@@ -52,7 +56,7 @@ class MLP(nn.Module):
             x = layer(x)
             if i < last:
                 x = F.relu(x)
-        return x
+        return torch.sigmoid(x) if self.sigmoid_output else x
 
 
 def set_norm_eps(module: nn.Module, eps: float) -> None:

@@ -17,6 +17,9 @@ from typing import Any
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+# SAM 2 normalises with ImageNet's mean / std (given here in 0..255 units like SAM's)
+IMAGENET_PIXEL_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_PIXEL_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 CONTRACT_FORMAT = "swiftsam-contract/1"
 # SAM 1: resize the longer side to input_size, pad bottom/right; SAM 2: resize to input_size x input_size (the
 # aspect ratio changes; prompts scale per axis; masks need no crop)
@@ -75,6 +78,13 @@ class ModelContract:
     dynamic_multimask: bool = False
     dynamic_multimask_delta: float = 0.05
     dynamic_multimask_thresh: float = 0.98
+    # SAM 2's prompt format: the box goes in as its two corner points ahead of the clicks, and every point
+    # prompt (box included) ends with one padding point
+    box_as_points: bool = False
+    # SAM 2's decoder also predicts whether the object is present (one logit per prompt: ``object_score_logits``)
+    object_score: bool = False
+    # SAM 2 returns low-res logits clamped to +-this (masks are upsampled from the unclamped ones); None: no clamp
+    low_res_clamp: float | None = None
     # MaskGenerator defaults calibrated for these weights (swiftsam.everything.SAM_DEFAULTS otherwise)
     everything: tuple[tuple[str, Any], ...] = field(default=())
 
@@ -118,6 +128,9 @@ class ModelContract:
             "box_mask_prior": self.box_mask_prior,
             "dynamic_multimask": [self.dynamic_multimask, self.dynamic_multimask_delta, self.dynamic_multimask_thresh],
             "everything": dict(self.everything),
+            "box_as_points": self.box_as_points,
+            "object_score": self.object_score,
+            "low_res_clamp": self.low_res_clamp,
         }
 
     @classmethod
@@ -136,6 +149,9 @@ class ModelContract:
                 box_mask_prior=bool(data.get("box_mask_prior", False)),
                 **_dynamic(data.get("dynamic_multimask")),
                 everything=tuple(sorted((str(k), v) for k, v in (data.get("everything") or {}).items())),
+                box_as_points=bool(data.get("box_as_points", False)),
+                object_score=bool(data.get("object_score", False)),
+                low_res_clamp=None if data.get("low_res_clamp") is None else float(data["low_res_clamp"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"damaged swiftsam model contract: {e}") from None

@@ -28,6 +28,29 @@ class ImageFeatures:
                                  f"{(f.channels, f.size, f.size)}")
         return cls(levels[0], levels[1:])
 
+    @classmethod
+    def of(cls, value: ImageFeatures | torch.Tensor | tuple | list) -> ImageFeatures:
+        """Features as given: an ``ImageFeatures``, a lone embedding tensor (SAM 1), or the levels in order."""
+        if isinstance(value, ImageFeatures):
+            return value
+        if isinstance(value, torch.Tensor):
+            return cls(value)
+        levels = tuple(value)
+        return cls(levels[0], levels[1:])
+
+    @property
+    def levels(self) -> tuple[torch.Tensor, ...]:
+        """Every level, in the contract's order (the embedding first)."""
+        return (self.embedding, *self.high_res)
+
+    @property
+    def batch(self) -> int:
+        return self.embedding.shape[0]
+
+    def map(self, fn) -> ImageFeatures:
+        """The same levels, each through ``fn`` (e.g. ``lambda t: t.to(device)`` or ``lambda t: t[i:i + 1]``)."""
+        return ImageFeatures(fn(self.embedding), tuple(fn(t) for t in self.high_res))
+
     def as_dict(self, layout: tuple[FeatureInfo, ...]) -> dict[str, torch.Tensor]:
         """Named levels, e.g. for an exported encoder's outputs."""
         return {f.name: t for f, t in zip(layout, (self.embedding, *self.high_res))}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .sam import Sam
+from .segmenter import Segmenter
 
 PAD_LABEL = -1
 BOX_LABELS = (2, 3)
@@ -23,15 +23,17 @@ OUTPUT_REQUESTS = ("multimask", "single", "all")
 
 
 class PromptDecoder(nn.Module):
-    """(image embeddings, flat prompts, mask prompt) -> low-res logits B x 4 x 256 x 256, IoU B x 4.
+    """(image embeddings, flat prompts, mask prompt[, high-res levels]) -> low-res logits B x 4 x 256 x 256,
+    IoU B x 4[, object-score logits B x 1]: the ``decode`` stage (``modeling.stages``) of SAM 1 and SAM 2 models.
 
     Output token 0 is the single-mask output, 1..3 the multimask outputs.
     """
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: Segmenter) -> None:
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
+        self.object_score = model.contract.object_score
 
     def embed_flat_points(self, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
         pe = self.prompt_encoder
@@ -59,15 +61,22 @@ class PromptDecoder(nn.Module):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
+        *high_res: torch.Tensor,
         return_tokens: bool = False,
     ) -> tuple[torch.Tensor, ...]:
-        """image_embeddings 1 (or B) x 256 x 64 x 64; point_coords B x N x 2 in the prompt frame;
-        point_labels B x N; mask_input B x 1 x 256 x 256; has_mask_input B (1.0 or 0.0).
-        ``return_tokens``: also the decoder's output tokens (for distillation)."""
+        """image_embeddings 1 (or B) x C x h x w; point_coords B x N x 2 in the prompt frame; point_labels B x N;
+        mask_input B x 1 x 4h x 4w; has_mask_input B (1.0 or 0.0); ``high_res``: SAM 2's higher-resolution
+        levels (1 or B each), in the contract's order. Returns low-res logits B x 4 x 4h x 4w and IoU B x 4, then
+        for SAM 2 the object-score logits B x 1; ``return_tokens``: also the decoder's output tokens (for
+        distillation)."""
         sparse = self.embed_flat_points(point_coords, point_labels)
         dense = self.embed_mask(mask_input, has_mask_input)
-        return self.mask_decoder.predict_all(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense,
-                                             return_tokens=return_tokens)
+        pe = self.prompt_encoder.get_dense_pe()
+        if self.object_score or high_res:  # SAM 2's decoder (modeling.sam2_mask_decoder)
+            return self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense,
+                                                 high_res_features=tuple(high_res) or None,
+                                                 return_tokens=return_tokens)
+        return self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense, return_tokens=return_tokens)
 
 
 def flatten_prompts(
@@ -76,23 +85,32 @@ def flatten_prompts(
     boxes: torch.Tensor | None,
     batch: int,
     device: torch.device,
+    box_as_points: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Points (B x N x 2, B x N) and boxes (B x 4), prompt frame -> SAM's flat format.
 
-    As SAM's prompt encoder: points come first, then the two box corners; a prompt with
-    points but no box gets one padding point.
+    As SAM's prompt encoder: points come first, then the two box corners; a prompt with points but no box
+    gets one padding point. With ``box_as_points`` (SAM 2, whose predictor passes the box to its prompt
+    encoder as two labelled points): the box corners come first, then the points, then one padding point.
     """
     coords = [torch.zeros((batch, 0, 2), device=device)]
     labels = [torch.zeros((batch, 0), device=device)]
+    box = None
+    if boxes is not None:
+        box = (boxes.to(device, torch.float32).reshape(batch, 2, 2),
+               torch.tensor([BOX_LABELS], dtype=torch.float32, device=device).expand(batch, 2))
+    if box is not None and box_as_points:
+        coords.append(box[0])
+        labels.append(box[1])
     if point_coords is not None:
         coords.append(point_coords.to(device, torch.float32))
         labels.append(point_labels.to(device, torch.float32))
-        if boxes is None:
-            coords.append(torch.zeros((batch, 1, 2), device=device))
-            labels.append(torch.full((batch, 1), float(PAD_LABEL), device=device))
-    if boxes is not None:
-        coords.append(boxes.to(device, torch.float32).reshape(batch, 2, 2))
-        labels.append(torch.tensor([BOX_LABELS], dtype=torch.float32, device=device).expand(batch, 2))
+    if box is not None and not box_as_points:
+        coords.append(box[0])
+        labels.append(box[1])
+    elif point_coords is not None or box is not None:
+        coords.append(torch.zeros((batch, 1, 2), device=device))
+        labels.append(torch.full((batch, 1), float(PAD_LABEL), device=device))
     return torch.cat(coords, dim=1), torch.cat(labels, dim=1)
 
 

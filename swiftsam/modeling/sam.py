@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..transforms import preprocess_image
 from .contract import SAM_PIXEL_MEAN, SAM_PIXEL_STD, FeatureInfo, ImageSpec, ModelContract
-from .features import ImageFeatures
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
-from .stages import Stage, sam_stages
+from .segmenter import Segmenter
 from .transformer import TwoWayTransformer
 
-__all__ = ["SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "ImageSpec", "Sam", "build_sam"]
+__all__ = ["SAM_PIXEL_MEAN", "SAM_PIXEL_STD", "ImageSpec", "Sam", "Segmenter", "build_sam"]
 
 
-class Sam(nn.Module):
-    """A promptable segmenter: image encoder + SAM's prompt encoder and mask decoder, and its contract.
-
-    ``contract`` (``modeling.contract.ModelContract``) is everything that runs the model needs besides the
-    weights: image spec, feature layout, mask-input size, output policy and everything-mode defaults. The
-    attributes ``spec``, ``zoo_name``, ``multimask_only``, ``box_mask_prior`` and ``everything_defaults``
-    read and write it (a frozen dataclass, replaced on write), so the contract saved with a checkpoint, an
-    embedding file or an export manifest is always the one the model runs with.
-    """
-
-    mask_threshold: float = 0.0
+class Sam(Segmenter):
+    """SAM 1's promptable segmenter: any image encoder + SAM's prompt encoder and mask decoder, and its contract
+    (``modeling.segmenter.Segmenter``). Module names equal the authors' checkpoint keys."""
 
     def __init__(
         self,
@@ -44,64 +33,10 @@ class Sam(nn.Module):
             FeatureInfo("image_embeddings", prompt_encoder.embed_dim, prompt_encoder.image_embedding_size[0]),)
         self.contract = ModelContract(image=spec, features=tuple(features),
                                       mask_input_size=tuple(prompt_encoder.mask_input_size))
-        self.register_buffer("pixel_mean", torch.tensor(spec.pixel_mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(spec.pixel_std).view(-1, 1, 1), persistent=False)
+        self._register_pixel_stats(spec)
 
-    # the contract's fields, as attributes (each write replaces the frozen contract)
-    @property
-    def spec(self) -> ImageSpec:
-        return self.contract.image
-
-    @property
-    def zoo_name(self) -> str | None:  # set by swiftsam.build / swiftsam.load
-        return self.contract.name
-
-    @zoo_name.setter
-    def zoo_name(self, value: str | None) -> None:
-        self.contract = self.contract.replace(name=value)
-
-    @property
-    def multimask_only(self) -> bool:  # the single-mask output token was never trained (TinySAM)
-        return self.contract.multimask_only
-
-    @multimask_only.setter
-    def multimask_only(self, value: bool) -> None:
-        self.contract = self.contract.replace(multimask_only=bool(value))
-
-    @property
-    def box_mask_prior(self) -> bool:
-        """Trained to receive a box as a mask prior too (swiftsam's own): the Predictor then passes
-        ``prompts.box_prior_logits(box)`` as the mask input of every box prompt without one."""
-        return self.contract.box_mask_prior
-
-    @box_mask_prior.setter
-    def box_mask_prior(self, value: bool) -> None:
-        self.contract = self.contract.replace(box_mask_prior=bool(value))
-
-    @property
-    def everything_defaults(self) -> dict:
-        return self.contract.everything_defaults
-
-    @everything_defaults.setter
-    def everything_defaults(self, value: dict | None) -> None:
-        self.contract = self.contract.replace(everything=dict(value or {}))
-
-    @property
-    def stages(self) -> dict[str, Stage]:
-        """The graphs engines run and export traces (``modeling.stages.Stage`` by name: encode, decode, ...)."""
-        return sam_stages(self.contract)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """H x W x 3 uint8 RGB -> (1 x 3 x S x S normalised, padded tensor; resized (h, w))."""
-        return preprocess_image(image, self.spec, self.device)
-
-    def forward_image(self, x: torch.Tensor) -> ImageFeatures:
-        """Normalised, padded B x 3 x S x S images -> the encoder's feature levels (``contract.features``)."""
-        return ImageFeatures.from_encoder(self.image_encoder(x), self.contract.features)
+    def image_stage(self) -> nn.Module:
+        return self.image_encoder
 
     def decode(
         self,

@@ -6,7 +6,7 @@ made from the same shapes, so no I/O table is written twice. Shapes come from th
 
 SAM 1 models have ``encode`` (image -> embedding) and ``decode`` (embedding + SAM's flat prompts -> all 4
 output tokens); ``sam_decode`` is SAM's published single-image ONNX decoder interface. SAM 2 adds levels to
-``encode``'s outputs and memory stages beside these.
+``encode``'s outputs (and to the decoders' inputs, after the prompts) and the object score to ``decode``'s.
 """
 
 from __future__ import annotations
@@ -63,32 +63,42 @@ class Stage:
             raise ValueError(f"stage {self.name}: no size for dynamic axis {e}") from None
 
 
+OBJECT_SCORE_OUTPUT = "object_score_logits"  # SAM 2's decoders: one logit per prompt, the object is present
+
+
 def sam_stages(contract: ModelContract, sam_single_mask: bool = False) -> dict[str, Stage]:
-    """The stages of a SAM 1 model with this contract (``sam_single_mask``: ``sam_decode`` returns one mask)."""
+    """The stages of a model with this contract (``sam_single_mask``: ``sam_decode`` returns one mask).
+
+    ``encode`` outputs every feature level of the contract (SAM 1: ``image_embeddings``; SAM 2: ``image_embed``,
+    ``high_res_feats_0``, ``high_res_feats_1``); the decoders take the embedding, SAM's flat prompts, then the
+    higher-resolution levels, and SAM 2's ``decode`` also returns the object score."""
     s = contract.image.input_size
-    c, g, _ = contract.embedding_shape
     mh, mw = contract.mask_input_size
 
     n_masks = 1 if sam_single_mask else 4
 
-    def embedding(batch: Dim) -> TensorSpec:
-        return TensorSpec("image_embeddings", (batch, c, g, g))
+    def levels(batch: Dim) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(f.name, (batch, f.channels, f.size, f.size)) for f in contract.features)
 
     def prompts(batch: Dim, points: Dim) -> tuple[TensorSpec, ...]:
         shapes = ((batch, points, 2), (batch, points), (batch, 1, mh, mw), (batch,))
         return tuple(TensorSpec(n, shape) for n, shape in zip(PROMPT_INPUTS, shapes, strict=True))
 
+    def decoder_inputs(batch: Dim, prompt_batch: Dim) -> tuple[TensorSpec, ...]:
+        embedding, *high_res = levels(batch)
+        return (embedding, *prompts(prompt_batch, "points"), *high_res)
+
+    decode_outputs = tuple(TensorSpec(n, shape) for n, shape in zip(
+        DECODER_OUTPUTS, (("prompts", 4, mh, mw), ("prompts", 4)), strict=True))
+    if contract.object_score:
+        decode_outputs += (TensorSpec(OBJECT_SCORE_OUTPUT, ("prompts", 1)),)
     return {
-        "encode": Stage("encode", (TensorSpec("image", ("batch", 3, s, s)),), (embedding("batch"),)),
-        "decode": Stage(  # SAM's flat prompt ABI (modeling.prompt_decoder): all 4 output tokens
-            "decode",
-            (embedding("embedding_batch"), *prompts("prompts", "points")),
-            tuple(TensorSpec(n, shape) for n, shape in zip(
-                DECODER_OUTPUTS, (("prompts", 4, mh, mw), ("prompts", 4)), strict=True)),
-        ),
-        "sam_decode": Stage(  # SAM's published ONNX decoder interface: one image, one prompt
+        "encode": Stage("encode", (TensorSpec("image", ("batch", 3, s, s)),), levels("batch")),
+        # SAM's flat prompt ABI (modeling.prompt_decoder): all 4 output tokens
+        "decode": Stage("decode", decoder_inputs("embedding_batch", "prompts"), decode_outputs),
+        "sam_decode": Stage(  # SAM's published ONNX decoder interface (SAM 2's as samexporter / X-AnyLabeling)
             "sam_decode",
-            (embedding(1), *prompts(1, "points"), TensorSpec("orig_im_size", (2,))),
+            (*decoder_inputs(1, 1), TensorSpec("orig_im_size", (2,))),
             (TensorSpec("masks", (1, n_masks, "height", "width")),
              TensorSpec("iou_predictions", (1, n_masks)),
              TensorSpec("low_res_masks", (1, n_masks, mh, mw))),

@@ -80,6 +80,14 @@ class Recipe:
         if self.teacher is not None:
             _freeze(self.teacher)
         self.student = load_model(config.student, self.student_default, device)
+        if self.teacher is not None:
+            t_levels, s_levels = (tuple(f.name for f in m.contract.features) for m in (self.teacher, self.student))
+            if len(t_levels) != len(s_levels):
+                raise InputError(
+                    f"the teacher {config.teacher.name} has {len(t_levels)} feature level(s) ({', '.join(t_levels)}) and "
+                    f"the student {config.student.name} {len(s_levels)} ({', '.join(s_levels)}): a student of a SAM 2 "
+                    f"teacher must produce every level its decoder uses; pick a SAM 1 teacher (e.g. mobilesam) or a "
+                    f"student with SAM 2's levels.")
         self.decoder_from_teacher = False
         if self.teacher is not None and config.student.checkpoint in ("auto", "random"):
             # NanoSAM / TinySAM: the student starts from (and here keeps) the teacher's prompt side

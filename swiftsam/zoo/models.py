@@ -12,6 +12,7 @@ from ..modeling.encoders import (
     build_efficientvit_sam_encoder,
 )
 from ..modeling.sam import ImageSpec, Sam, build_sam
+from ..modeling.sam2 import build_sam2, sam2_image_spec
 from .registry import Bundled, ModelEntry, Weights, register
 
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -83,20 +84,35 @@ register(ModelEntry(
     aliases=("mobile_sam", "vit_t"),
 ))
 
+TINYSAM_URL = "https://github.com/xinghaochen/TinySAM/releases/download/"
 register(ModelEntry(
     name="tinysam",
     family="tinyvit",
     builder=_tiny_vit,
     spec=ImageSpec(),
-    description="TinySAM: TinyViT-5M, full-stage distillation with hard prompt sampling",
+    description="TinySAM: TinyViT-5M, full-stage distillation with hard prompt sampling (release 3.0, COCO AP 42.3)",
+    # TinySAM's later checkpoint (its README's link since release 3.0); the authors publish no sha256 and no
+    # mirror holds this file: the download cache pins its hash and size on first download (zoo/hub.py)
+    weights=Weights("tinysam_42.3.pth", (TINYSAM_URL + "3.0/tinysam_42.3.pth",), None, 41),
+    ignore_keys=_TINYVIT_HEAD,
+    multimask_only=True,
+    aliases=("tinysam-42.3", "tinysam-3.0"),
+))
+register(ModelEntry(
+    name="tinysam-1.0",
+    family="tinyvit",
+    builder=_tiny_vit,
+    spec=ImageSpec(),
+    description="TinySAM's first checkpoint (release 1.0, COCO AP 41.9)",
     weights=Weights(
         "tinysam.pth",
-        ("https://github.com/xinghaochen/TinySAM/releases/download/1.0/tinysam.pth",),
-        "4b8edcf93af46e2a658ae455574de62873778a5cc3fd8e8adf094dcdfa957cf2",
+        (TINYSAM_URL + "1.0/tinysam.pth", "https://huggingface.co/xinghaochen/tinysam/resolve/main/tinysam.pth"),
+        "4b8edcf93af46e2a658ae455574de62873778a5cc3fd8e8adf094dcdfa957cf2",  # also the Hugging Face file's LFS sha256
         40,
     ),
     ignore_keys=_TINYVIT_HEAD,
     multimask_only=True,
+    aliases=("tinysam1",),
 ))
 
 def _load_qtinysam(path: str, build: Callable[[], Sam]) -> Sam:
@@ -113,7 +129,8 @@ register(ModelEntry(
     description="Q-TinySAM: TinySAM with W8A8 post-training quantization (read without TinySAM's code)",
     weights=Weights(
         "tinysam_w8a8.pth",
-        ("https://github.com/xinghaochen/TinySAM/releases/download/2.0/tinysam_w8a8.pth",),
+        (TINYSAM_URL + "2.0/tinysam_w8a8.pth",
+         "https://huggingface.co/xinghaochen/Q-TinySAM/resolve/main/tinysam_w8a8.pth"),
         "bf611cf86b9af930cfc865747f6a11ddddb867fd0103ba98a54e5d248b657eeb",
     ),
     multimask_only=True,
@@ -192,3 +209,32 @@ register(ModelEntry(
                  "--out swiftsam-r34.pt` (from the git history) or retrain them with `swiftsam train "
                  "benchmarks/configs/swiftsam-teacher.yaml`, then pass checkpoint=swiftsam-r34.pt",
 ))
+
+
+# ----------------------------------------------------------------------------- SAM 2.1
+SAM2_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+
+
+def _sam2(variant: str, depth: tuple[int, ...] | None = None, input_size: int = 1024) -> Sam:
+    return build_sam2(variant, depth=depth, input_size=input_size)
+
+
+# Meta publishes no sha256 for these files and none could be downloaded here to hash: the download cache pins
+# each file's sha256 and size on its first download and refuses a later one that differs (zoo/hub.py)
+for variant, short, hf, mb, params in (
+    ("tiny", "t", "tiny", 149, "38.9M"),
+    ("small", "s", "small", 176, "46M"),
+    ("base_plus", "b+", "base-plus", 309, "80.8M"),
+    ("large", "l", "large", 857, "224.4M"),
+):
+    file = f"sam2.1_hiera_{variant}.pt"
+    register(ModelEntry(
+        name=f"sam2.1-hiera-{hf}",
+        family="sam2",
+        builder=lambda depth=None, input_size=1024, _v=variant: _sam2(_v, depth, input_size),
+        spec=sam2_image_spec(),
+        description=f"SAM 2.1 Hiera-{short.upper()} ({params} parameters; Meta): image path, memory weights loaded",
+        weights=Weights(file, (SAM2_URL + file, f"https://huggingface.co/facebook/sam2.1-hiera-{hf}/resolve/main/{file}"),
+                        None, mb),
+        aliases=(f"sam2.1_hiera_{variant}", f"sam2.1-hiera-{short}", f"sam2.1_hiera_{short}"),
+    ))

@@ -16,8 +16,11 @@ class Weights:
 
     filename: str
     urls: tuple[str, ...]  # the authors' URL first, then mirrors
-    sha256: str
+    # None: the authors publish no hash (and the file was not available to hash): the download cache pins the
+    # file's sha256 and size on first download (swiftsam.zoo.hub), and every later download must match them
+    sha256: str | None
     size_mb: float | None = None  # approximate, for display only; sha256 is the check
+    size_bytes: int | None = None  # exact, where known: a download of another size is refused
 
 
 @dataclass(frozen=True)
