@@ -5,6 +5,7 @@ from .errors import CheckpointError, DownloadError, InputError, ModelNotFoundErr
 from .modeling import ImageSpec, ModelContract, Sam
 from .everything import MaskGenerator
 from .predictor import Predictor
+from .video import StreamingSession, VideoPredictor
 from .version import __version__
 from .zoo import get_entry, list_models
 
@@ -19,7 +20,9 @@ __all__ = [
     "ModelNotFoundError",
     "Predictor",
     "Sam",
+    "StreamingSession",
     "SwiftSamError",
+    "VideoPredictor",
     "__version__",
     "build",
     "get_entry",
