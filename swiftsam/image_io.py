@@ -31,6 +31,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
+class ImageTooLargeError(InputError):
+    """An image file with more pixels than the limit (``max_pixels``), refused from its header."""
+
+
 def load_image(image: ImageLike, max_pixels: MaxPixels = "pil", orient: bool = True) -> np.ndarray:
     """Return an H x W x 3 uint8 RGB array. Grayscale is replicated; alpha is dropped.
 
@@ -86,27 +90,50 @@ def list_images(source: str | os.PathLike[str], recursive: bool = False, what: s
     return images
 
 
+def load_image_bytes(data: bytes, max_pixels: MaxPixels = "pil", orient: bool = True, name: str = "the upload"
+                     ) -> np.ndarray:
+    """``load_image`` for an encoded image held in memory (an HTTP upload): the same checks as for a file (the
+    pixel limit from the header before decoding, truncated or unreadable data refused, EXIF orientation).
+    ``name`` is what messages call it."""
+    import io
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InputError(f"expected the image file's bytes, got {type(data).__name__}.")
+    if len(data) == 0:
+        raise InputError(f"{name} is empty: send an image file (JPEG, PNG, BMP, TIFF, WebP ...).")
+    return _normalise_array(_decode(io.BytesIO(bytes(data)), name, max_pixels, orient))
+
+
 def _read_file(path: Path, max_pixels: MaxPixels, orient: bool = True) -> np.ndarray:
     if not path.exists():
         raise InputError(f"image file not found: {path}. Check the path.")
     if path.is_dir():
         raise InputError(f"{path} is a directory, not an image file.")
+    return _decode(path, path, max_pixels, orient)
+
+
+def _decode(path, name, max_pixels: MaxPixels, orient: bool = True) -> np.ndarray:
+    """Open ``path`` (a file path or a binary stream, called ``name`` in messages) with PIL, refusing more
+    than ``max_pixels`` from the header, and decode it into an array."""
     limit = _pixel_limit(max_pixels)
     try:
         with _pil_allows(limit), Image.open(path) as im:
             w, h = im.size
             if limit is not None and w * h > limit:
-                raise InputError(_too_large(path, f"{w}x{h} = {w * h:,} pixels", limit))
+                raise ImageTooLargeError(_too_large(name, f"{w}x{h} = {w * h:,} pixels", limit))
             im.load()
             return _pil_to_array(_upright(im) if orient else im)
     except Image.DecompressionBombError as e:  # PIL's own limit, met before the header could be checked
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-        raise InputError(_too_large(path, size, limit)) from None
+        raise ImageTooLargeError(_too_large(name, size, limit)) from None
+    except InputError:
+        raise
     except UnidentifiedImageError:
-        raise InputError(f"{path} is not an image file that PIL can read (JPEG, PNG, BMP, TIFF, WebP ...).") from None
-    except OSError as e:
-        raise InputError(f"could not read image {path}: {e}. Is the file truncated or corrupted?") from None
+        raise InputError(f"{name} is not an image file that PIL can read (JPEG, PNG, BMP, TIFF, WebP ...)."
+                         ) from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these three for damaged data
+        raise InputError(f"could not read image {name}: {e}. Is the file truncated or corrupted?") from None
 
 
 def _pixel_limit(max_pixels: MaxPixels) -> int | None:
