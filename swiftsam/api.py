@@ -12,6 +12,7 @@ import torch
 from .errors import CheckpointError, DownloadError, InputError
 from .modeling.contract import ModelContract
 from .modeling.sam import Sam
+from .runtime import resolve_device
 from .zoo import get_entry
 from .zoo.checkpoint import load_checkpoint, read_checkpoint
 from .zoo.hub import cached_path, download
@@ -19,9 +20,15 @@ from .zoo.hub import cached_path, download
 DEFAULT_MODEL = "swiftsam-r18"  # the project's own student: its weights ship with the package
 
 
-def build(name: str, **kwargs) -> Sam:
-    """A zoo model with freshly initialised (random) weights, in eval mode."""
+def build(name: str, *, device: str | torch.device | None = None, **kwargs) -> Sam:
+    """A zoo model with freshly initialised (random) weights, in eval mode.
+
+    ``device``: where to put it (``auto``, ``cpu``, ``cuda``, ``cuda:N``: ``runtime.resolve_device``); None (the
+    default) leaves it where torch creates it: the CPU, or the default device of a ``with torch.device(...)``
+    block (the meta device, for shapes without memory). Random weights are for tests, training and benchmarks,
+    which place the model themselves; ``load`` is the one that defaults to ``auto``."""
     entry = get_entry(name)
+    target = None if device is None else resolve_device(device)
     size = kwargs.get("input_size")
     if size is not None and not entry.takes_input_size:
         raise InputError(f"{entry.name} has a fixed input size ({entry.spec.input_size} px); drop input_size.")
@@ -32,14 +39,14 @@ def build(name: str, **kwargs) -> Sam:
     except ValueError as e:  # the builder's own check of its settings (e.g. a size the encoder cannot take)
         raise InputError(f"{entry.name} cannot be built with {kwargs}: {e}.") from None
     model.contract = model.contract.replace(name=entry.name, **entry.policy())
-    return model.eval()
+    return model.eval() if target is None else model.to(target).eval()
 
 
 def load(
     name: str = DEFAULT_MODEL,
     checkpoint: str | os.PathLike[str] | None = None,
     *,
-    device: str | torch.device | None = None,
+    device: str | torch.device | None = "auto",
     allow_download: bool = True,
     allow_pickle: bool = False,
     progress: bool = True,
@@ -49,6 +56,8 @@ def load(
     """Load zoo model ``name`` with its official checkpoint (downloaded and verified on first use)
     or with ``checkpoint`` (a local file in the authors' format or ours).
 
+    ``device``: ``auto`` (CUDA when present, else the CPU; ``$SWIFTSAM_DEVICE`` overrides), ``cpu``, ``cuda``,
+    ``cuda:N`` or a torch.device (``runtime.resolve_device``; checked before anything is downloaded).
     ``allow_pickle=True`` reads checkpoints that contain pickled objects; use it only for files you trust.
     Extra keyword arguments go to the model's builder (e.g. ``input_size=512`` for NanoSAM students).
 
@@ -59,6 +68,7 @@ def load(
     (the authors' checkpoints) load with the entry's settings.
     """
     entry = get_entry(name)
+    device = resolve_device(device)
     if "input_size" in kwargs and kwargs["input_size"] is None:  # None: not chosen (the recorded or default size)
         del kwargs["input_size"]
     if checkpoint is None and entry.bundled is not None:  # the project's own models ship in the package
@@ -69,7 +79,7 @@ def load(
         model.weights_source = f"{entry.name} (bundled)"
         if box_mask_prior is not None:
             model.box_mask_prior = box_mask_prior
-        return model.to(device) if device is not None else model
+        return model.to(device)
     if checkpoint is None:
         if entry.weights is None:
             how = entry.weights_note or "e.g. a student trained with swiftsam"
@@ -88,7 +98,7 @@ def load(
         model = entry.loader(str(path), lambda: build(entry.name, **kwargs))
         model.contract = model.contract.replace(name=entry.name, **entry.policy())
         model.weights_source = str(path)
-        return model.to(device) if device is not None else model
+        return model.to(device)
     state, meta = read_checkpoint(path, weights_only=not allow_pickle)
     recorded = meta.get("model")
     if meta.get("input_size") and "input_size" not in kwargs and entry.takes_input_size:
@@ -119,7 +129,7 @@ def load(
             f"box mask prior {'on' if model.box_mask_prior else 'off'}). Load it as {recorded} (--model {recorded}) "
             f"to silence this warning.", UserWarning, stacklevel=2)
     model.weights_source = str(path)
-    return model.to(device) if device is not None else model
+    return model.to(device)
 
 
 def load_export(onnx_dir: str | os.PathLike[str]) -> Sam:

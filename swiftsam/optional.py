@@ -16,8 +16,14 @@ _PACKAGES = {
     "cv2": ("opencv-python-headless", "eval"),
     "onnx": ("onnx", "onnx"),
     "onnxruntime": ("onnxruntime", "onnx"),
+    "openvino": ("openvino", "openvino"),
+    "nncf": ("nncf", "openvino"),
     "yaml": ("pyyaml", "train"),
     "pycocotools": ("pycocotools", "eval"),
+    "fastapi": ("fastapi", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "python_multipart": ("python-multipart", "serve"),
+    "multipart": ("python-multipart", "serve"),
 }
 
 

@@ -1,5 +1,6 @@
-"""Torch runtime settings shared by engines, benchmarks, training and evaluation: reduced-precision
-autocast, and joining the process group ``torchrun`` describes in the environment."""
+"""Torch runtime settings shared by engines, benchmarks, training and evaluation: the device a name stands
+for (``resolve_device``: ``auto`` is CUDA when present, else the CPU), reduced-precision autocast, and joining
+the process group ``torchrun`` describes in the environment."""
 
 from __future__ import annotations
 
@@ -8,6 +9,42 @@ import os
 from dataclasses import dataclass
 
 import torch
+
+# overrides what device "auto" stands for (e.g. SWIFTSAM_DEVICE=cpu on a GPU machine); any name resolve_device takes
+DEVICE_ENV = "SWIFTSAM_DEVICE"
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The torch device ``spec`` names: ``auto`` (or None) is CUDA when this torch sees a GPU, else the CPU
+    (``$SWIFTSAM_DEVICE`` can say otherwise); ``cpu``, ``cuda`` (the current GPU), ``cuda:N``, or a
+    torch.device. Raises InputError, saying what to use instead, for a name that is not a device, CUDA on a
+    machine without it, or a GPU index this machine does not have."""
+    from .errors import InputError
+
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
+        env = os.environ.get(DEVICE_ENV, "").strip()
+        if env and env.lower() != "auto":
+            try:
+                return resolve_device(env)
+            except InputError as e:
+                raise InputError(f"{DEVICE_ENV}={env}: {e}") from None
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = spec if isinstance(spec, torch.device) else torch.device(spec.strip().lower())
+    except (RuntimeError, TypeError, ValueError, AttributeError):
+        raise InputError(f"device {spec!r} is not a device; use {DEVICE_CHOICES}.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+            raise InputError(f"device {spec}: this torch ({torch.__version__}, {build}) sees no CUDA device; use "
+                             f"device cpu (or auto: CUDA when present, else the CPU).")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InputError(f"device {spec}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                             f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}); use one of them, or cuda.")
+    return device
+
 
 # precision name -> the dtype autocast runs in ("fp32" and "none" run without autocast)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -15,6 +15,8 @@ from swiftsam.train.trainer import _device
                                                          ("cuda:2", 1, "cuda:2"), ("auto", 1, "cuda:1")])
 def test_cuda_gets_an_index(monkeypatch, name, local_rank, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # cuda:N is checked against the GPUs there are
+    monkeypatch.delenv("SWIFTSAM_DEVICE", raising=False)  # conftest keeps "auto" on the CPU for the other tests
     dev = _device(SimpleNamespace(device=name), ddp.Dist(rank=local_rank, world=2, local_rank=local_rank))
     assert dev == torch.device(expected) and dev.index is not None
 

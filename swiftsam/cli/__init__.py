@@ -1,5 +1,6 @@
-"""Command line: ``swiftsam models | download | segment | export | everything | bench | train | pack |
-quantize | eval``, one module per command (``add_parser`` + ``run``); shared options in ``common``."""
+"""Command line: ``swiftsam models | download | import-onnx | segment | export | everything | bench | train | pack |
+quantize | eval | serve | label | track``, one module per command (``add_parser`` + ``run``); shared options in
+``common``."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import SwiftSamError
-from . import bench, download, everything, export, models, pack, quantize, segment, train
+from . import bench, download, everything, export, import_onnx, models, pack, quantize, segment, serve, train
 from . import eval as eval_command
+from . import label, track
 
 __all__ = ["build_parser", "main"]
 
 # in the order `swiftsam --help` lists them
-COMMANDS = (models, download, segment, export, everything, bench, train, pack, quantize, eval_command)
+COMMANDS = (models, download, import_onnx, segment, export, everything, bench, train, pack, quantize, eval_command,
+            serve, label, track)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ..api import DEFAULT_MODEL
 from ..errors import InputError
+from ..runtime import resolve_device
+from .common import add_device_argument
 
 
 def _list(kind: Callable[[str], object]) -> Callable[[str], list]:
@@ -30,8 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="time models x engines x precisions x batch sizes (optionally vs the reference)")
     b.add_argument("--models", type=_list(str), default=[DEFAULT_MODEL], help="comma-separated zoo names")
     b.add_argument("--engines", type=_list(str), default=["torch"],
-                   help="comma-separated: torch, torch-compile, torch-cudagraphs, onnxruntime, tensorrt")
-    b.add_argument("--precisions", type=_list(str), default=["fp32"], help="comma-separated: fp32, bf16, fp16")
+                   help="comma-separated: torch, torch-compile, torch-cudagraphs, onnxruntime, tensorrt, openvino")
+    b.add_argument("--precisions", type=_list(str), default=["fp32"], help="comma-separated: fp32, bf16, fp16, int8 (openvino)")
     b.add_argument("--batch-sizes", type=_list(int), default=[1], help="images per encoder / pipeline call")
     b.add_argument("--input-sizes", type=_list(_size), default=[None],
                    help="encoder input sides, or 'native' (other sizes only for models built for them, e.g. NanoSAM)")
@@ -42,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--min-time", type=float, default=0.0, help="keep timing until this many seconds have passed")
     b.add_argument("--compare-reference", action="store_true",
                    help="also time the authors' code (segment-anything, mobilesam-mirror, efficientsam) on the same weights")
-    b.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    b.add_argument("--threads", type=int, help="torch (and onnxruntime) threads")
+    add_device_argument(b)
+    b.add_argument("--threads", type=int, help="torch (and onnxruntime / openvino) threads")
     b.add_argument("--no-channels-last", action="store_true", help="torch engines: keep the default memory format")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--image", help="image for the pipeline (default: a synthetic 480 x 640 image)")
@@ -73,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
         models=args.models, engines=args.engines, precisions=args.precisions, batch_sizes=args.batch_sizes,
         input_sizes=args.input_sizes, prompts=args.prompts, stages=args.stages, warmup=args.warmup,
         iterations=args.iterations, min_time_s=args.min_time, compare_reference=args.compare_reference,
-        device=args.device, threads=args.threads, channels_last=not args.no_channels_last, seed=args.seed,
-        image=args.image,
+        device=str(resolve_device(args.device)), threads=args.threads, channels_last=not args.no_channels_last,
+        seed=args.seed, image=args.image,
     )
     doc = run_bench(config, out=args.out, resume=args.resume, progress=not args.no_progress)
     print(markdown(doc) if args.markdown else table(doc))

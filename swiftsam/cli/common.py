@@ -12,6 +12,7 @@ from ..engines import engine_names
 from ..errors import InputError
 from ..export.onnx import read_manifest
 from ..modeling.sam import Sam
+from ..runtime import resolve_device
 from ..zoo import get_entry
 
 
@@ -87,7 +88,9 @@ def load_model(args: argparse.Namespace, name: str | None, size: dict | None = N
     input_size_option's result). With ``--onnx-dir`` and no ``--checkpoint``, the export folder's own model:
     no torch weights, its contract (input size, box mask prior, output policy) from the manifest (exports
     made before manifests carried the contract load the zoo model's weights, checked against the graphs).
-    ``args.model`` is set to the name that runs."""
+    The model goes to ``--device`` (auto where the command has none). ``args.model`` is set to the name that
+    runs."""
+    device = resolve_device(getattr(args, "device", "auto"))  # a clear error before anything is read
     onnx_dir = getattr(args, "onnx_dir", None)
     if onnx_dir and not args.checkpoint and "contract" in read_manifest(onnx_dir):  # older exports: load weights
         model = load_export(onnx_dir)
@@ -102,14 +105,23 @@ def load_model(args: argparse.Namespace, name: str | None, size: dict | None = N
     name = name or DEFAULT_MODEL
     args.model = name
     size = input_size_option(args, name) if size is None else size
-    return load(name, checkpoint=args.checkpoint, **size)
+    return load(name, checkpoint=args.checkpoint, device=device, **size)
+
+
+def add_device_argument(p: argparse.ArgumentParser, default: str = "auto", why: str = "") -> None:
+    """--device, for every command that runs a model (checked by runtime.resolve_device when the model loads:
+    CUDA asked for and absent is a clear error, exit 2)."""
+    p.add_argument("--device", default=default, metavar="DEVICE",
+                   help=f"where the model runs: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N "
+                        f"(default {default}{why})")
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="auto", choices=engine_names(),
                    help="what runs the model (default auto: the fastest measured for it here)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="torch engine encoder precision")
-    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+                   help="encoder precision: torch (fp16, bf16) or openvino (bf16, int8)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads / openvino inference threads")
     p.add_argument("--onnx-dir", help="graphs written by `swiftsam export` instead of exporting on first use")
 
 
@@ -117,16 +129,24 @@ def engine_options(args: argparse.Namespace) -> dict:
     """--dtype / --threads / --onnx-dir, for the engines that take them."""
     options = {}
     if args.dtype != "fp32":
-        if args.engine not in ("torch", "auto"):
-            raise InputError(f"--dtype {args.dtype} is a torch engine option; use --engine torch.")
-        args.engine = "torch"
-        options["dtype"] = args.dtype
+        if args.engine == "openvino":
+            if args.dtype == "fp16":
+                raise InputError("--dtype fp16 is not an openvino precision on CPU; use fp32, bf16 or int8.")
+            options["precision"] = args.dtype
+        elif args.dtype == "int8":
+            raise InputError("--dtype int8 runs on --engine openvino (after swiftsam quantize MODEL --backend openvino).")
+        else:
+            if args.engine not in ("torch", "auto"):
+                raise InputError(f"--dtype {args.dtype} is a torch engine option (and openvino's); use --engine torch "
+                                 f"or openvino.")
+            args.engine = "torch"
+            options["dtype"] = args.dtype
     if args.threads is not None:
-        if args.engine != "onnxruntime":
-            raise InputError("--threads is an onnxruntime option; use --engine onnxruntime.")
+        if args.engine not in ("onnxruntime", "openvino"):
+            raise InputError("--threads is an onnxruntime / openvino option; use --engine onnxruntime or openvino.")
         options["threads"] = args.threads
     if args.onnx_dir is not None:
-        if args.engine not in ("onnxruntime", "tensorrt"):
-            raise InputError("--onnx-dir is for --engine onnxruntime or tensorrt.")
+        if args.engine not in ("onnxruntime", "tensorrt", "openvino"):
+            raise InputError("--onnx-dir is for --engine onnxruntime, tensorrt or openvino.")
         options["onnx_dir"] = args.onnx_dir
     return options

@@ -9,8 +9,8 @@ from ..api import DEFAULT_MODEL
 from ..errors import InputError
 from ..predictor import Predictor
 from .common import (
-    add_engine_arguments, add_image_arguments, add_input_size_argument, engine_options, input_size_option,
-    load_model,
+    add_device_argument, add_engine_arguments, add_image_arguments, add_input_size_argument, engine_options,
+    input_size_option, load_model,
 )
 
 
@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", help="results folder (default out/eval/MODEL-PROTOCOL); an interrupted run resumes")
     c.add_argument("--overwrite", action="store_true", help="discard earlier results in --out")
     add_engine_arguments(c)
+    add_device_argument(c)
     add_image_arguments(c)
     c.set_defaults(fn=run)
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from ..api import DEFAULT_MODEL
 from ..errors import InputError
 from ..predictor import Predictor
-from .common import add_engine_arguments, add_image_arguments, add_input_size_argument, engine_options, load_model
+from .common import (
+    add_device_argument, add_engine_arguments, add_image_arguments, add_input_size_argument, engine_options, load_model,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="stop at the first image that fails (default: skip it, go on, and report it at the end)")
     a.add_argument("--no-progress", action="store_true", help="no progress bars (they show on a terminal only)")
     add_engine_arguments(a)
+    add_device_argument(a)
     add_image_arguments(a)
     a.set_defaults(fn=run)
 

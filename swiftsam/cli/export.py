@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..export.onnx import OPSET, export_onnx
 from ..utils import atomic_path, check_output_dir, writing
-from .common import add_input_size_argument, load_model
+from .common import add_device_argument, add_input_size_argument, load_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--sam-single-mask", action="store_true",
                    help="sam_decoder returns one mask, chosen as SAM's return_single_mask export does")
     add_input_size_argument(e)
+    add_device_argument(e, default="cpu", why=": the graphs do not depend on it; tensorrt engines build on cuda")
     e.set_defaults(fn=run)
 
 

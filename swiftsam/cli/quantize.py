@@ -15,9 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--calib", required=True, help="folder of calibration images (QAT: the training images)")
     q.add_argument("--calib-images", type=int, default=32, help="how many calibration images (default 32)")
     q.add_argument("--method", choices=["ptq", "qat"], default="ptq")
-    q.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime",
+    q.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt", "openvino"], default="onnxruntime",
                    help="onnxruntime: QDQ int8 encoder in an export folder; torch: fake-quant checkpoint; "
-                        "tensorrt: that folder built into INT8 engines")
+                        "tensorrt: that folder built into INT8 engines; openvino: NNCF int8 encoder IR in the "
+                        "OpenVINO cache, which --engine openvino --dtype int8 runs")
     q.add_argument("--observer", choices=["minmax", "percentile", "mse", "entropy"], default="minmax",
                    help="activation range: minmax, percentile (99.99), mse (torch) or entropy (onnxruntime)")
     q.add_argument("--activations", choices=["uint8", "int8"], default="uint8",

@@ -18,7 +18,8 @@ from ..predictor import Predictor
 from ..utils import atomic_path, check_output_dir, check_output_file, write_error
 from ..visualize import MAX_LABELS, hidden_objects, label_image, overlay
 from .common import (
-    add_engine_arguments, add_image_arguments, add_input_size_argument, box, engine_options, load_model, point,
+    add_device_argument, add_engine_arguments, add_image_arguments, add_input_size_argument, box, engine_options,
+    load_model, point,
 )
 
 
@@ -41,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print the results as JSON")
     add_input_size_argument(s)
     add_engine_arguments(s)
+    add_device_argument(s)
     add_image_arguments(s)
     s.set_defaults(fn=run)
 

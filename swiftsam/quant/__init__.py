@@ -25,7 +25,7 @@ from ..modeling.quant import (
 )
 from .ptq import calibrate, calibration_images, prepare, preprocessed, quantize_torch, real_int8_linears
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+BACKENDS = ("onnxruntime", "torch", "tensorrt", "openvino")
 METHODS = ("ptq", "qat")
 
 
@@ -108,6 +108,16 @@ def _run_ptq(net, model, files, out, backend, observer, activations, val, val_co
                    "calibration_images": len(files), "quantized_layers": len(quant_layers(net.image_encoder))}
         if val is not None:
             summary["agreement"] = _agreement(float_net, net, val, val_count)
+        return summary
+    if backend == "openvino":
+        from ..engines.openvino_engine import OpenVINOEngine
+        from .openvino_int8 import quantize_openvino
+
+        manifest = quantize_openvino(net, preprocessed(net, files))
+        summary = {"backend": "openvino", "model": model, "ir_dir": manifest["folder"], **manifest["quantization"]}
+        if val is not None:
+            summary["agreement"] = _agreement(float_net, net, val, val_count,
+                                              engine=OpenVINOEngine(net, precision="int8"))
         return summary
     from .onnx_int8 import count_qdq, quantize_onnx
 

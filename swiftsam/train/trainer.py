@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..runtime import autocast
+from ..runtime import autocast, resolve_device
 from ..utils import atomic_path, save_torch_atomic, sha256_of
 from ..zoo.checkpoint import save_checkpoint as save_model
 from . import distributed as ddp
@@ -51,14 +51,7 @@ class Interrupted(Exception):
 
 
 def _device(config: TrainConfig, d: ddp.Dist) -> torch.device:
-    if config.device == "auto":
-        return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(config.device)
-    except RuntimeError:
-        raise InputError(f"device {config.device!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {config.device}: this torch sees no CUDA device; use device: cpu.")
+    dev = resolve_device(config.device)  # auto, cpu, cuda, cuda:N, checked (a clear error for CUDA without it)
     if dev.type == "cuda" and dev.index is None:  # torch.cuda.set_device needs an index: this process's GPU
         dev = torch.device("cuda", d.local_rank)
     return dev
@@ -370,8 +363,7 @@ class Trainer:
 def train(config: TrainConfig, progress: bool = True, stop_after: int | None = None) -> dict:
     """Run (or resume) a training job; returns the model card's contents."""
     config.validate()
-    d = ddp.init("cuda" if config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
-                 else "cpu")
+    d = ddp.init(resolve_device(config.device).type)
     try:
         return Trainer(config, d, progress).run(stop_after)
     finally:
