@@ -251,3 +251,17 @@ def test_exporting_leaves_the_model_in_eval_mode(tmp_path):
     model = swiftsam.build("sam2.1-hiera-tiny", input_size=128, depth=(1, 1, 1, 1)).eval()
     export_onnx(model, tmp_path / "x", parts=("encoder", "decoder"))
     assert not any(m.training for m in model.modules())  # a wrapper in training mode used to switch them all on
+
+
+def test_openvino_engine_matches_torch():
+    pytest.importorskip("openvino")
+    model = randomize_(swiftsam.build("sam2.1-hiera-tiny", input_size=256, depth=(1, 1, 2, 1)), seed=13).eval()
+    image = test_image(120, 160, seed=14)
+    pt, pv = Predictor(model, engine="torch"), Predictor(model, engine="openvino", precision="fp32")
+    pt.set_image(image)
+    pv.set_image(image)
+    for a, b in zip(pv.get_image_features().levels, pt.get_image_features().levels, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=0)
+    for prompt in PROMPTS[:1] + [{"box": np.array([10.0, 10.0, 100.0, 90.0])}]:
+        for a, b in zip(pv.predict(**prompt, return_logits=True), pt.predict(**prompt, return_logits=True)):
+            np.testing.assert_allclose(a, b, atol=1e-3, rtol=0)
