@@ -9,7 +9,9 @@ from pathlib import Path
 from ..api import DEFAULT_MODEL
 from ..errors import InputError
 from ..predictor import Predictor
-from .common import add_engine_arguments, add_image_arguments, add_input_size_argument, engine_options, load_model
+from .common import (
+    add_device_argument, add_engine_arguments, add_image_arguments, add_input_size_argument, engine_options, load_model,
+)
 
 
 def _classes(text: str) -> set[int]:
@@ -62,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--overwrite", action="store_true", help="start again, discarding an earlier run's progress")
     a.add_argument("--strict", action="store_true", help="stop at the first bad image or item (default: skip, report)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
+    add_device_argument(a)
     add_engine_arguments(a)
     add_image_arguments(a)
     a.set_defaults(fn=run)

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..api import DEFAULT_MODEL
 from ..errors import InputError
 from ..predictor import Predictor
-from .common import add_engine_arguments, add_input_size_argument, box, engine_options, load_model
+from .common import add_device_argument, add_engine_arguments, add_input_size_argument, box, engine_options, load_model
 
 
 def _xy(text: str) -> list[float]:
@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..apps.tracker import TrackerConfig
 
     c = TrackerConfig()
-    t = sub.add_parser("track", help="track one object through a video with an image model (masks as PNGs)")
+    t = sub.add_parser("track", help="track one object through a video: SAM 2.1 models with their memory, image "
+                                     "models frame by frame (masks as PNGs)")
     t.add_argument("video", help="a video file (OpenCV reads it: the eval extra) or a folder of frames")
     start = t.add_mutually_exclusive_group(required=True)
     start.add_argument("--box", type=box, help="the object on the first frame: x0,y0,x1,y1 pixels")
@@ -42,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"a predicted IoU below this is a loss (default {c.min_score})")
     t.add_argument("--max-area-change", type=float, default=c.max_area_change,
                    help=f"an area change by more than this factor is a loss (default {c.max_area_change})")
+    add_device_argument(t)
     add_engine_arguments(t)
     t.set_defaults(fn=run)
 
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..apps.tracker import Tracker, TrackerConfig, read_frames, write_track
+    from ..apps.video_track import is_video_model, track_with_memory
     from ..image_io import load_image
     from ..utils import check_output_dir
 
@@ -65,10 +68,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--box-margin must be >= 0 (a fraction of the box), got {args.box_margin}.")
     config = TrackerConfig(mask_input=args.mask_input, point=args.interior_point, box_margin=args.box_margin,
                            min_score=args.min_score, max_area_change=args.max_area_change)
-    predictor = Predictor(load_model(args, args.model), engine=args.engine, **engine_options(args))
-    tracker = Tracker(predictor, config)
+    model = load_model(args, args.model)
     start = None if args.box is None else np.array(args.box)
-    frames = tracker.track(read_frames(args.video, args.max_frames), box=start, mask=mask, point=args.point)
+    if is_video_model(model):  # SAM 2.1: its own memory (video.VideoPredictor)
+        frames = track_with_memory(model, read_frames(args.video, args.max_frames), box=start, mask=mask,
+                                   point=args.point)
+    else:  # image-only models: each frame prompted from the previous result
+        predictor = Predictor(model, engine=args.engine, **engine_options(args))
+        frames = Tracker(predictor, config).track(read_frames(args.video, args.max_frames), box=start, mask=mask,
+                                                  point=args.point)
     summary = write_track(frames, out)
     print(f"{summary['frames']} frames tracked, {summary['lost']} lost; masks and track.json in {Path(out)}")
     return 0
