@@ -1,4 +1,4 @@
-"""``swiftsam eval coco``: accuracy protocols over COCO-format annotations."""
+"""``swiftsam eval coco``: accuracy protocols over COCO-format annotations; ``swiftsam eval davis``: DAVIS video."""
 
 from __future__ import annotations
 
@@ -39,6 +39,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_image_arguments(c)
     c.set_defaults(fn=run)
 
+    d = ev.add_parser("davis", help="DAVIS semi-supervised video protocol: J, F and J&F per sequence")
+    d.add_argument("--davis", required=True, metavar="ROOT", help="DAVIS root (JPEGImages/<seq>/, Annotations/<seq>/)")
+    d.add_argument("--sequences", help="comma-separated sequence names (default: every sequence of ROOT)")
+    d.add_argument("--max-frames", type=int, metavar="N", help="only the first N frames of each sequence (N >= 3)")
+    d.add_argument("--model", help=f"zoo model (default {DEFAULT_MODEL}); SAM 2 models track with memory, the "
+                                   "others with the image-only tracker of `swiftsam track`")
+    d.add_argument("--checkpoint", help="local checkpoint instead of the official download")
+    add_input_size_argument(d)
+    d.add_argument("--out", required=True, help="results folder: <sequence>/NNNNN.png masks, <sequence>/scores.json, "
+                                                "summary.json; an interrupted run resumes")
+    d.add_argument("--overwrite", action="store_true", help="track again the sequences already done in --out")
+    add_engine_arguments(d)
+    add_device_argument(d)
+    d.set_defaults(fn=run_davis)
+
 
 def run(args: argparse.Namespace) -> int:
     from ..eval import BASELINES, CocoImages, OracleSegmenter, PredictorSegmenter, evaluate_coco, format_summary
@@ -68,4 +83,29 @@ def run(args: argparse.Namespace) -> int:
     if summary is not None:  # rank 0
         print(format_summary(summary))
         print(f"wrote {Path(out) / 'summary.json'}")
+    return 0
+
+
+def run_davis(args: argparse.Namespace) -> int:
+    from ..apps.davis import check_sequences, run_davis as run_protocol
+    from ..utils import check_output_dir
+
+    out = check_output_dir(args.out, "--out")
+    if args.max_frames is not None and args.max_frames < 3:
+        raise InputError(f"--max-frames must be 3 or more (the first and last frames are not scored), got "
+                         f"{args.max_frames}.")
+    sequences = [s.strip() for s in args.sequences.split(",") if s.strip()] if args.sequences else None
+    if args.sequences is not None and not sequences:
+        raise InputError(f"--sequences names no sequence: {args.sequences!r}; give names like blackswan,dog.")
+    check_sequences(args.davis, sequences)  # before the model loads
+    options = engine_options(args)
+    name = args.model or DEFAULT_MODEL
+    model = load_model(args, name, input_size_option(args, name))
+    settings = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+                "input_size": model.spec.input_size}
+    summary = run_protocol(model, args.davis, out, sequences=sequences, max_frames=args.max_frames,
+                           engine=args.engine, engine_options=options, settings=settings, overwrite=args.overwrite,
+                           log=print)
+    print(summary["table"])
+    print(f"J {summary['j']:.3f}  F {summary['f']:.3f}  J&F {summary['jf']:.3f}; wrote {Path(out) / 'summary.json'}")
     return 0
