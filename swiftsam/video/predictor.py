@@ -214,35 +214,10 @@ class VideoPredictor:
         (x0, y0, x1, y1) for ``obj_id`` on ``frame_idx``, in video pixels (``normalize_coords=False``: in the
         model's S x S frame, as sam2). Returns (frame_idx, obj_ids, masks: objects x 1 x H x W logits)."""
         frame_idx = self._check_frame(state, frame_idx)
-        if (points is None) != (labels is None):
-            raise InputError("points and labels must be given together (labels: 1 positive, 0 negative per point)")
         if points is None and box is None:
             raise InputError("give points (with labels) or a box")
-        pts = torch.zeros(0, 2) if points is None else _as_tensor(points, torch.float32, "points")
-        lab = torch.zeros(0, dtype=torch.int32) if labels is None else _as_tensor(labels, torch.int32, "labels")
-        if pts.ndim == 3 and pts.shape[0] == 1:
-            pts = pts[0]
-        if lab.ndim == 2 and lab.shape[0] == 1:
-            lab = lab[0]
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise InputError(f"points must be N x 2 (x, y), got shape {tuple(pts.shape)}")
-        if lab.ndim != 1 or lab.shape[0] != pts.shape[0]:
-            raise InputError(f"labels must be N values for N={pts.shape[0]} points, got shape {tuple(lab.shape)}")
-        if lab.numel() and not bool(((lab == 0) | (lab == 1)).all()):
-            raise InputError(f"point labels must be 1 (positive) or 0 (negative), got {lab.tolist()}")
-        pts, lab = pts[None], lab[None]
-        if box is not None:
-            if not clear_old_points:
-                raise InputError("a box must come first: add it with clear_old_points=True")
-            b = _as_tensor(box, torch.float32, "box").reshape(-1)
-            if b.numel() != 4:
-                raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got {b.numel()}")
-            pts = torch.cat([b.reshape(1, 2, 2), pts], dim=1)
-            lab = torch.cat([torch.tensor([[2, 3]], dtype=torch.int32), lab], dim=1)
-        if normalize_coords:
-            pts = pts / torch.tensor([state.video_width, state.video_height], dtype=torch.float32)
-        pts = (pts * self.image_size).to(self.device)
-        lab = lab.to(self.device)
+        pts, lab = prompt_points(points, labels, box, clear_old_points, normalize_coords,
+                                 (state.video_height, state.video_width), self.image_size, self.device)
 
         obj = self._object(state, obj_id)
         if not clear_old_points and frame_idx in obj.point_inputs:
@@ -406,3 +381,37 @@ class VideoPredictor:
         return [ObjectOutput(h.low_res_masks[i : i + 1].clone(), h.obj_ptr[i : i + 1].clone(),
                              h.object_score_logits[i : i + 1].clone(), mem[i : i + 1].clone())
                 for i in range(len(specs))]
+
+
+def prompt_points(points, labels, box, clear_old_points: bool, normalize_coords: bool, video_hw: tuple[int, int],
+                  image_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clicks (N x 2, or 1 x N x 2, with N labels 1 / 0) and / or a box in video pixels (or, without
+    ``normalize_coords``, in the model's S x S frame) -> SAM 2's point prompt (1 x M x 2 in the S x S frame, 1 x M
+    labels; the box as corners 2 / 3 first), checked: VideoPredictor's and StreamingSession's one parser."""
+    if (points is None) != (labels is None):
+        raise InputError("points and labels must be given together (labels: 1 positive, 0 negative per point)")
+    pts = torch.zeros(0, 2) if points is None else _as_tensor(points, torch.float32, "points")
+    lab = torch.zeros(0, dtype=torch.int32) if labels is None else _as_tensor(labels, torch.int32, "labels")
+    if pts.ndim == 3 and pts.shape[0] == 1:
+        pts = pts[0]
+    if lab.ndim == 2 and lab.shape[0] == 1:
+        lab = lab[0]
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise InputError(f"points must be N x 2 (x, y), got shape {tuple(pts.shape)}")
+    if lab.ndim != 1 or lab.shape[0] != pts.shape[0]:
+        raise InputError(f"labels must be N values for N={pts.shape[0]} points, got shape {tuple(lab.shape)}")
+    if lab.numel() and not bool(((lab == 0) | (lab == 1)).all()):
+        raise InputError(f"point labels must be 1 (positive) or 0 (negative), got {lab.tolist()}")
+    pts, lab = pts[None], lab[None]
+    if box is not None:
+        if not clear_old_points:
+            raise InputError("a box must come first: add it with clear_old_points=True")
+        b = _as_tensor(box, torch.float32, "box").reshape(-1)
+        if b.numel() != 4:
+            raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got {b.numel()}")
+        pts = torch.cat([b.reshape(1, 2, 2), pts], dim=1)
+        lab = torch.cat([torch.tensor([[2, 3]], dtype=torch.int32), lab], dim=1)
+    if normalize_coords:
+        h, w = video_hw
+        pts = pts / torch.tensor([w, h], dtype=torch.float32)
+    return (pts * image_size).to(device), lab.to(device)

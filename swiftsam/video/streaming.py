@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from ..errors import InputError
 from .frames import check_frame, to_model_input
 from .memory import FrameFeatures, ObjectOutput, Sam2Tracker, TrackerConfig, non_overlapping
-from .predictor import _as_tensor
+from .predictor import _as_tensor, prompt_points
 
 
 @dataclass
@@ -172,28 +172,8 @@ class StreamingSession:
         return self.obj_ids, self._masks([o.current.pred_masks for o in self.objects.values()])
 
     def _points(self, points, labels, box, clear_old_points, normalize_coords):
-        if (points is None) != (labels is None):
-            raise InputError("points and labels must be given together (labels: 1 positive, 0 negative per point)")
-        pts = torch.zeros(0, 2) if points is None else _as_tensor(points, torch.float32, "points")
-        lab = torch.zeros(0, dtype=torch.int32) if labels is None else _as_tensor(labels, torch.int32, "labels")
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise InputError(f"points must be N x 2 (x, y), got shape {tuple(pts.shape)}")
-        if lab.ndim != 1 or lab.shape[0] != pts.shape[0]:
-            raise InputError(f"labels must be N values for N={pts.shape[0]} points, got shape {tuple(lab.shape)}")
-        if lab.numel() and not bool(((lab == 0) | (lab == 1)).all()):
-            raise InputError(f"point labels must be 1 (positive) or 0 (negative), got {lab.tolist()}")
-        pts, lab = pts[None], lab[None]
-        if box is not None:
-            if not clear_old_points:
-                raise InputError("a box must come first: add it with clear_old_points=True")
-            b = _as_tensor(box, torch.float32, "box").reshape(-1)
-            if b.numel() != 4:
-                raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got {b.numel()}")
-            pts = torch.cat([b.reshape(1, 2, 2), pts], dim=1)
-            lab = torch.cat([torch.tensor([[2, 3]], dtype=torch.int32), lab], dim=1)
-        if normalize_coords:
-            pts = pts / torch.tensor([self.width, self.height], dtype=torch.float32)
-        return (pts * self.tracker.image_size).to(self.device), lab.to(self.device)
+        return prompt_points(points, labels, box, clear_old_points, normalize_coords, (self.height, self.width),
+                             self.tracker.image_size, self.device)
 
     def _mask_input(self, mask) -> torch.Tensor:
         m = mask.detach().float() if isinstance(mask, torch.Tensor) else _as_tensor(mask, torch.float32, "mask")
