@@ -101,21 +101,29 @@ class Tracker:
         self._good: dict | None = None  # the last good result: box, point, low-res logits, area
         self.lost = False
 
-    def _run(self, box: np.ndarray | None, point: np.ndarray | None, low: np.ndarray | None
-             ) -> tuple[np.ndarray, float, np.ndarray]:
-        pts = None if point is None else point[None, None]
-        labels = None if point is None else np.ones((1, 1))
+    def _run(self, box: np.ndarray | None, point: np.ndarray | None, low: np.ndarray | None,
+             labels: np.ndarray | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+        """``point``: x, y or P x 2 clicks (``labels``: P values 1 / 0; default all foreground)."""
+        pts = None if point is None else np.asarray(point, np.float64).reshape(1, -1, 2)
+        if pts is not None:
+            labels = np.ones(pts.shape[:2]) if labels is None else np.asarray(labels, np.float64).reshape(1, -1)
         masks, scores, lows = self.predictor.predict_best(
-            pts, labels, None if box is None else box[None], candidates=self.config.candidates,
-            mask_input=None if low is None else low[None], return_low_res=True)
+            pts, None if pts is None else labels, None if box is None else box[None],
+            candidates=self.config.candidates, mask_input=None if low is None else low[None], return_low_res=True)
         return masks[0], float(scores[0]), lows[0]
 
     def start(self, image: ImageLike, box: object = None, mask: np.ndarray | None = None,
-              point: object = None) -> Frame:
+              point: object = None, labels: object = None) -> Frame:
         """Start on ``image`` from a box (x0, y0, x1, y1), a mask (H x W: its box and interior point are the
-        prompt) or a point (x, y); returns the first frame's result (for a mask: that mask)."""
+        prompt) or a point (x, y; or P x 2 clicks with ``labels``, 1 foreground / 0 background, default all 1),
+        a box and clicks together; returns the first frame's result (for a mask: that mask)."""
         image = load_image(image)
-        hw = image.shape[:2]
+        return self.start_encoded(image.shape[:2], box, mask, point, labels, image=image)
+
+    def start_encoded(self, hw: tuple[int, int], box: object = None, mask: np.ndarray | None = None,
+                      point: object = None, labels: object = None, image: np.ndarray | None = None) -> Frame:
+        """``start`` on the image the predictor holds (of size ``hw``), or on ``image`` (encoded after the
+        checks)."""
         given = mask
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)
@@ -126,10 +134,12 @@ class Tracker:
                 raise InputError("the first mask is empty: nothing to track.")
         if box is None and point is None:
             raise InputError("start tracking from a box, a mask or a point.")
-        self.predictor.set_image(image)  # after the checks: a bad start costs no encoding
+        if image is not None:
+            self.predictor.set_image(image)  # after the checks: a bad start costs no encoding
         box = None if box is None else np.asarray(box, dtype=np.float64)
         point = None if point is None else np.asarray(point, dtype=np.float64)
-        out, score, low = self._run(box if self.config.box or point is None else None, point, None)
+        out, score, low = self._run(box if self.config.box or point is None else None, point, None,
+                                    None if given is not None else labels)
         if given is not None:
             out = mask
         if not out.any():
@@ -141,12 +151,27 @@ class Tracker:
         self._good = {"box": mask_box(mask), "point": interior_point(mask), "low": low, "area": int(mask.sum())}
         self.lost = False
 
+    def resume(self, mask: np.ndarray, lost: bool = False) -> None:
+        """Go on from ``mask`` (H x W, non-empty), e.g. the last mask an interrupted run wrote (``lost``: frames
+        were lost since): the next ``step`` is prompted from it, without mask input."""
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            raise InputError("cannot resume tracking from an empty mask.")
+        self._good = {"box": mask_box(mask), "point": interior_point(mask), "low": None, "area": int(mask.sum())}
+        self.lost = lost
+
     def step(self, image: ImageLike) -> Frame:
         """The next frame: prompted from the last good result (see the module's doc)."""
         if self._good is None:
             raise InputError("call start(...) with the first frame before step().")
-        c, g = self.config, self._good
         self.predictor.set_image(image)
+        return self.step_encoded()
+
+    def step_encoded(self) -> Frame:
+        """``step`` on the image the predictor holds."""
+        if self._good is None:
+            raise InputError("call start(...) with the first frame before step().")
+        c, g = self.config, self._good
         hw = self.predictor.original_size
         box = grow_box(g["box"], c.search_margin if self.lost else c.box_margin, hw)
         use_box = c.box or not c.point
@@ -177,6 +202,64 @@ class Tracker:
         yield self.start(first, box=box, mask=mask, point=point)
         for frame in it:
             yield self.step(frame)
+
+
+class MultiTracker:
+    """Several objects through a video with an image-only model: one ``Tracker`` per object, one encoding per
+    frame. An object starts at its first prompt's frame; a prompt on a later frame starts it again there (an image
+    model has no memory: the click is the new start). Overlapping masks are made disjoint: a pixel goes to the
+    object with the higher predicted IoU."""
+
+    def __init__(self, predictor: Predictor, config: TrackerConfig = TrackerConfig()) -> None:
+        self.predictor, self.config = predictor, config
+
+    def track(self, frames, prompts: dict, start: int = 0, seeds: dict | None = None
+              ) -> Iterator[tuple[int, dict[int, Frame]]]:
+        """(frame index, object -> Frame) for frames ``start`` .. end of ``frames`` (a ``video.frames``
+        FrameSource). ``prompts``: frame -> object -> its prompt (``video_track.group_prompts``); ``seeds``:
+        object -> (frame < start, mask) to go on from (a resumed run)."""
+        trackers: dict[int, Tracker] = {}
+        for obj, (k, mask) in (seeds or {}).items():
+            trackers[obj] = Tracker(self.predictor, self.config)
+            trackers[obj].resume(mask, lost=k != start - 1)
+        for f in range(start, len(frames)):
+            here = prompts.get(f, {})
+            if not trackers and not here:
+                yield f, {}
+                continue
+            image = frames[f]
+            self.predictor.set_image(image)
+            hw = image.shape[:2]
+            results: dict[int, Frame] = {}
+            for obj in sorted(set(trackers) | set(here)):
+                g = here.get(obj)
+                if g is None:
+                    results[obj] = trackers[obj].step_encoded()
+                    continue
+                trackers[obj] = Tracker(self.predictor, self.config)
+                try:
+                    results[obj] = trackers[obj].start_encoded(hw, box=g.box, mask=g.mask, point=g.points,
+                                                               labels=g.labels)
+                except InputError as e:
+                    raise InputError(f"{g.where}: {e}") from None
+            yield f, disjoint(results)
+
+
+def disjoint(results: dict[int, Frame]) -> dict[int, Frame]:
+    """The objects' masks without overlaps: a pixel several masks hold goes to the highest-scoring of them."""
+    if len(results) < 2:
+        return results
+    objs = sorted(results, key=lambda o: results[o].score)  # ascending: the best is drawn last
+    owner = np.zeros(results[objs[0]].mask.shape, np.int64)
+    for i, o in enumerate(objs, start=1):
+        owner[results[o].mask] = i
+    out = {}
+    for i, o in enumerate(objs, start=1):
+        r = results[o]
+        mask = owner == i
+        hidden = r.reason is None and r.mask.any() and not mask.any()
+        out[o] = Frame(mask, r.score, r.box, r.lost or hidden, "covered by other objects" if hidden else r.reason)
+    return {o: out[o] for o in sorted(out)}
 
 
 # ------------------------------------------------------------------ video input

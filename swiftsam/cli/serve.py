@@ -11,7 +11,7 @@ from .common import add_device_argument, add_engine_arguments, add_input_size_ar
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    a = sub.add_parser("serve", help="HTTP server: embed / segment / everything, dynamic batching, a browser demo")
+    a = sub.add_parser("serve", help="HTTP server: embed / segment / everything / track, dynamic batching, a browser demo")
     a.add_argument("--model", help=f"zoo model name (default {DEFAULT_MODEL}, or the model of --onnx-dir)")
     a.add_argument("--checkpoint", help="local checkpoint instead of the official download")
     add_input_size_argument(a)
@@ -22,7 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--max-pixels", type=max_pixels, default=40_000_000, metavar="N",
                    help="largest image, pixels, read from its header before decoding (larger: 413; default 40 MP; "
                         "0: no limit)")
-    a.add_argument("--max-prompts", type=int, default=64, help="most prompts in one /v1/segment request")
+    a.add_argument("--max-prompts", type=int, default=64, help="most prompts in one /v1/segment or /v1/track request")
+    a.add_argument("--max-track-frames", type=int, default=300, help="most frames in one /v1/track clip (more: 400)")
+    a.add_argument("--max-track-sessions", type=int, default=4,
+                   help="most live /v1/track/sessions (SAM 2 models; more: 503; one idle 5 minutes makes room)")
+    a.add_argument("--allow-url", action="append", default=[], metavar="PREFIX",
+                   help="let clients send images as 'image_url' under this http(s) URL prefix, e.g. "
+                        "https://images.example.com/ (repeatable; default: none, image URLs are refused with 403)")
     a.add_argument("--max-batch", type=int, default=None,
                    help="most requests that share one encoder / decoder call (1: no batching; default 8 on a GPU, "
                         "1 on a CPU, where batching measured slower end to end: benchmarks/serve.md)")
@@ -53,7 +59,9 @@ def config_from_args(args: argparse.Namespace):
         args.max_pixels = Image.MAX_IMAGE_PIXELS
     return ServeConfig(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                        max_prompts=args.max_prompts, max_batch=8 if args.max_batch is None else args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                       max_queue=args.max_queue, request_timeout_s=args.timeout, cache_mb=args.cache_mb, token=token)
+                       max_queue=args.max_queue, request_timeout_s=args.timeout, cache_mb=args.cache_mb, token=token,
+                       max_track_frames=args.max_track_frames, max_track_sessions=args.max_track_sessions,
+                       allow_urls=tuple(args.allow_url))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,11 +10,16 @@ Routes (JSON errors are ``{"detail": "what was wrong and what to do"}``):
 * ``POST /v1/segment`` (multipart ``image`` + ``prompts`` JSON, ``limits.parse_prompts``): COCO RLE masks,
   scores and XYXY boxes at the image's size.
 * ``POST /v1/everything`` (multipart ``image`` + optional ``options`` JSON): ``MaskGenerator`` records (COCO RLE).
+* ``POST /v1/track`` (multipart ``video`` or ``frames`` + ``prompts`` JSON, ``track``): every frame's masks (COCO
+  RLE) with ``swiftsam track``'s prompts and trackers; ``/v1/track/sessions`` (start, prompts, frames, DELETE):
+  frames sent one at a time (SAM 2 models, ``track.TrackSessions``).
+* Images as multipart ``image``, or as ``image_url`` for URLs under ``allow_urls`` (``fetch``; none by default).
 * ``GET /v1/decoder.onnx``: the model's ``sam_decoder.onnx`` (SAM's published interface), for the browser demo.
 * ``GET /``: the browser demo (``static/``), with onnxruntime-web under ``/ort/`` once ``web/`` is built.
 
-Status codes: 400 bad input, 401 no or wrong token, 404, 413 body or image too large, 501 a feature this install
-lacks, 503 queue full (``Retry-After``), 504 request timeout, 500 a bug of ours (the server goes on).
+Status codes: 400 bad input, 401 no or wrong token, 403 an image URL outside the allow-list, 404, 413 body or
+image too large, 501 a feature this install lacks, 503 queue full (``Retry-After``), 504 request timeout, 500 a bug
+of ours (the server goes on).
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ from ..transforms import frame_shape, postprocess_masks
 from ..version import __version__
 from .batching import Batcher, Decoded, QueueFullError
 from .cache import CachedImage, EmbeddingCache
+from .fetch import URLNotAllowedError, fetch_image
 from .limits import ServeConfig, parse_everything_options, parse_prompts
 from .metrics import Metrics
+from .track import SessionsFullError, TrackSessions, parse_track_prompts, run_track_request
 
 fastapi = require("fastapi", "swiftsam serve")
 from fastapi import FastAPI, Request  # noqa: E402
@@ -59,7 +66,7 @@ STATIC = Path(__file__).parent / "static"
 WEB = Path(__file__).parent / "web"  # package.json: onnxruntime-web, installed by `make web` (npm ci)
 ORT_DIST = WEB / "node_modules" / "onnxruntime-web" / "dist"
 ROUTES = ("/", "/healthz", "/metrics", "/v1/models", "/v1/embed", "/v1/segment", "/v1/everything",
-          "/v1/decoder.onnx")
+          "/v1/track", "/v1/track/sessions", "/v1/decoder.onnx")
 PUBLIC = ("/healthz", "/static/", "/ort/", "/favicon.ico")  # open without the token (the page asks for it)
 
 
@@ -78,6 +85,7 @@ class ServerState:
         self.cache = EmbeddingCache(int(config.cache_mb * 1024 * 1024))
         self.metrics = Metrics()
         self.batcher = Batcher(predictor, self.cache, self.metrics, config)
+        self.track_sessions = TrackSessions(predictor.model, config)
         self._decoder: Path | None = None
         m = self.metrics
         m.gauges.update({
@@ -135,10 +143,14 @@ def answers(fn: Callable) -> Callable:
             return await fn(*args, **kwargs)
         except ImageTooLargeError as e:
             return _error(413, str(e))
+        except URLNotAllowedError as e:
+            return _error(403, str(e))
         except InputError as e:
             return _error(400, str(e))
         except QueueFullError as e:
             return _error(503, f"the server is busy ({e}); retry shortly.", {"Retry-After": "1"})
+        except SessionsFullError as e:
+            return _error(503, f"{e}, or retry later.", {"Retry-After": "30"})
         except asyncio.TimeoutError:
             return _error(504, "the request took longer than this server's timeout; retry, or send a smaller "
                                "request (fewer prompts, a smaller image).")
@@ -170,7 +182,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        route = path if path in ROUTES else "other"
+        route = path if path in ROUTES else "/v1/track/sessions" if path.startswith("/v1/track/sessions/") else "other"
         status = [500]
         t0 = time.perf_counter()
 
@@ -241,13 +253,13 @@ async def _respond(send, status: int, detail: str, headers: dict | None = None) 
 
 
 # ---------------------------------------------------------------------------------------------- requests
-async def _form(request: Request) -> Any:
+async def _form(request: Request, max_files: int = 4) -> Any:
     kind = request.headers.get("content-type", "")
     if not kind.startswith("multipart/form-data"):
         raise InputError(f"send a multipart/form-data body (field 'image', the image file), not {kind or 'nothing'}; "
                          f"e.g. curl -F image=@photo.jpg ...")
     try:
-        return await request.form(max_files=4, max_fields=8)
+        return await request.form(max_files=max_files, max_fields=8)
     except Exception as e:  # the multipart parser's own errors: a damaged body
         raise InputError(f"could not read the multipart form ({getattr(e, 'detail', None) or e}).") from None
 
@@ -263,14 +275,31 @@ async def _field(form, name: str) -> str | None:
         raise InputError(f"the form field {name!r} is not UTF-8 text.") from None
 
 
-async def _image_bytes(form) -> bytes:
+async def _image_bytes(state: ServerState, form) -> bytes:
     upload = form.get("image")
+    url = form.get("image_url")
+    if upload is not None and url is not None:
+        raise InputError("send the image as 'image' (a file) or 'image_url', not both.")
+    if url is not None:
+        if not isinstance(url, str):
+            raise InputError("the 'image_url' field must be text (the image's URL), not a file.")
+        return await run_in_threadpool(fetch_image, url, state.config.allow_urls, state.config.max_upload_bytes,
+                                       min(state.config.request_timeout_s, 30.0))
     if upload is None:
         raise InputError("the form has no 'image' field: send the image file as multipart field 'image' "
-                         "(curl -F image=@photo.jpg ...).")
+                         "(curl -F image=@photo.jpg ...), or its URL as 'image_url' where the server allows it.")
     if isinstance(upload, str):
         raise InputError("the 'image' field must be a file upload (curl -F image=@photo.jpg), not text.")
     return await upload.read()
+
+
+async def _files(form, name: str) -> list[bytes]:
+    out = []
+    for upload in form.getlist(name):
+        if isinstance(upload, str):
+            raise InputError(f"the '{name}' field must be a file upload (curl -F {name}=@clip.mp4), not text.")
+        out.append(await upload.read())
+    return out
 
 
 class ImageInput:
@@ -285,7 +314,7 @@ class ImageInput:
 
 
 async def _image(state: ServerState, form, use_cache: bool = True) -> ImageInput:
-    data = await _image_bytes(form)
+    data = await _image_bytes(state, form)
     key = hashlib.sha256(data).hexdigest()
     cached = state.cache.get(key) if use_cache else None
     if use_cache:
@@ -399,6 +428,49 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> Any:
         image = await _image(state, form, use_cache=False)  # the generator encodes the image (and its crops)
         result = await state.batcher.call(functools.partial(_everything, state, image.pixels, options))
         return JSONResponse(result)
+
+    @app.post("/v1/track")
+    @answers
+    async def track(request: Request):
+        form = await _form(request, max_files=config.max_track_frames + 1)
+        prompts = parse_track_prompts(await _field(form, "prompts"), config.max_prompts)
+        videos, frames = await _files(form, "video"), await _files(form, "frames")
+        if len(videos) > 1:
+            raise InputError("send one 'video' field (a video file or a zip of frames).")
+        job = functools.partial(run_track_request, predictor.model, predictor, videos[0] if videos else None,
+                                frames, prompts, config)
+        return JSONResponse(await state.batcher.call(job))
+
+    async def frame_of(form) -> np.ndarray:
+        data = await _image_bytes(state, form)
+        return await run_in_threadpool(load_image_bytes, data, config.max_pixels, True, "the uploaded frame")
+
+    sessions = state.track_sessions
+
+    @app.post("/v1/track/sessions")
+    @answers
+    async def track_session_start(request: Request):
+        form = await _form(request)
+        frame, prompts = await frame_of(form), await _field(form, "prompts")
+        return JSONResponse(await state.batcher.call(functools.partial(sessions.start, frame, prompts)))
+
+    @app.post("/v1/track/sessions/{sid}/prompts")
+    @answers
+    async def track_session_prompts(sid: str, request: Request):
+        form = await _form(request)
+        prompts = await _field(form, "prompts")
+        return JSONResponse(await state.batcher.call(functools.partial(sessions.prompt, sid, prompts)))
+
+    @app.post("/v1/track/sessions/{sid}/frames")
+    @answers
+    async def track_session_frame(sid: str, request: Request):
+        frame = await frame_of(await _form(request))
+        return JSONResponse(await state.batcher.call(functools.partial(sessions.frame, sid, frame)))
+
+    @app.delete("/v1/track/sessions/{sid}")
+    @answers
+    async def track_session_close(sid: str):
+        return JSONResponse(await state.batcher.call(functools.partial(sessions.close, sid)))
 
     @app.get("/v1/decoder.onnx")
     @answers

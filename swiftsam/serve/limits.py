@@ -37,6 +37,10 @@ class ServeConfig:
     cache_mb: float = 256.0  # image embeddings kept by image hash (LRU by bytes); 0: none
     token: str | None = None  # bearer token /v1/* and /metrics require (401 without it); None: open
     decode_chunk: int = 64  # most prompts in one decoder call
+    max_track_frames: int = 300  # frames in one /v1/track clip: more is a 400
+    max_track_sessions: int = 4  # live /v1/track/sessions (each holds a fixed-size memory); more: 503
+    track_session_idle_s: float = 300.0  # a session unused this long is closed when room is needed
+    allow_urls: tuple[str, ...] = ()  # image URL prefixes the server may fetch (``image_url``); empty: none
 
     def __post_init__(self) -> None:
         checks = {
@@ -45,6 +49,8 @@ class ServeConfig:
             "max_queue": self.max_queue >= 1, "request_timeout_s": self.request_timeout_s > 0,
             "cache_mb": self.cache_mb >= 0, "decode_chunk": self.decode_chunk >= 1,
             "max_pixels": self.max_pixels is None or self.max_pixels >= 1,
+            "max_track_frames": self.max_track_frames >= 1, "max_track_sessions": self.max_track_sessions >= 1,
+            "track_session_idle_s": self.track_session_idle_s > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -52,6 +58,10 @@ class ServeConfig:
                              f"(sizes, counts and times must be positive; waits and caches may be 0).")
         if self.token is not None and not self.token.strip():
             raise InputError("--token is empty: give a secret string, or leave --token out for an open server.")
+        from .fetch import parse_allow_list
+
+        object.__setattr__(self, "allow_urls", tuple(self.allow_urls))
+        parse_allow_list(self.allow_urls)  # each entry checked: an http(s) URL prefix with a host
 
     @property
     def max_upload_bytes(self) -> int:
@@ -62,7 +72,9 @@ class ServeConfig:
         return {"max_upload_mb": self.max_upload_mb, "max_pixels": self.max_pixels, "max_prompts": self.max_prompts,
                 "max_points_per_prompt": MAX_POINTS_PER_PROMPT, "max_batch": self.max_batch,
                 "batch_wait_ms": self.batch_wait_ms, "max_queue": self.max_queue,
-                "request_timeout_s": self.request_timeout_s, "auth": self.token is not None}
+                "request_timeout_s": self.request_timeout_s, "auth": self.token is not None,
+                "max_track_frames": self.max_track_frames, "max_track_sessions": self.max_track_sessions,
+                "image_urls": list(self.allow_urls)}
 
 
 @dataclass(frozen=True)
