@@ -31,7 +31,7 @@ def test_every_zoo_model_declares_its_contract(name):
     c = model.contract
     assert c.name == name and c.image == swiftsam.get_entry(name).spec
     assert ModelContract.from_dict(c.to_dict()) == c  # what manifests and checkpoints record comes back equal
-    if swiftsam.get_entry(name).family == "sam2":  # the layout follows the input size (forward_image checks it)
+    if swiftsam.get_entry(name).family in ("sam2", "nanosam2"):  # layout follows the input size (forward_image checks)
         assert [f.size * s for f, s in zip(c.features, (16, 4, 8))] == [c.image.input_size] * 3
     else:
         assert c.features == tuple(model.image_encoder.feature_info)  # the encoder declares its layout

@@ -12,6 +12,7 @@ from ..modeling.encoders import (
     build_efficientvit_sam_encoder,
 )
 from ..modeling.sam import ImageSpec, Sam, build_sam
+from ..modeling.nanosam2 import build_nanosam2
 from ..modeling.sam2 import build_sam2, sam2_image_spec
 from .registry import Bundled, ModelEntry, Weights, register
 
@@ -237,4 +238,24 @@ for variant, short, hf, mb, params in (
         weights=Weights(file, (SAM2_URL + file, f"https://huggingface.co/facebook/sam2.1-hiera-{hf}/resolve/main/{file}"),
                         None, mb),
         aliases=(f"sam2.1_hiera_{variant}", f"sam2.1-hiera-{short}", f"sam2.1_hiera_{short}"),
+    ))
+
+
+# nanosam2's students (modeling/nanosam2.py): SAM 2.1 with a ResNet18 or MobileNetV3-Large trunk and an FPN neck in
+# place of Hiera; the heads and memory modules are the teacher's. nanosam2 never published weights: distil them.
+_NANOSAM2_NOTE = ("no official nanosam2 student weights exist anywhere: distil them from a SAM 2.1 teacher with "
+                  "`swiftsam train` (recipe distill-encoder, teacher e.g. sam2.1-hiera-tiny) and pass "
+                  "checkpoint=PATH to the model.pt it writes (docs/models.md, \"nanosam2 students\")")
+for backbone, hf, label, aliases in (
+    ("resnet18", "resnet18", "ResNet18", ("nanosam2-r18", "nanosam2_resnet18")),
+    ("mobilenetv3", "mobilenetv3", "MobileNetV3-Large", ("nanosam2-mbv3", "nanosam2_mobilenetv3")),
+):
+    register(ModelEntry(
+        name=f"nanosam2-{hf}",
+        family="nanosam2",
+        builder=lambda input_size=1024, _b=backbone: build_nanosam2(_b, input_size),
+        spec=sam2_image_spec(),
+        description=f"nanosam2 student: {label} + FPN neck, SAM 2.1's heads and memory (distil it; no official .pt)",
+        weights_note=_NANOSAM2_NOTE,
+        aliases=aliases,
     ))

@@ -91,6 +91,25 @@ class ResNetTrunk(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+class ResNetLevels(ResNetTrunk):
+    """The same trunk (same parameter names: ``conv1``, ``bn1``, ``layer1``..``layer4``) returning every stage's
+    output, high resolution first: strides 4, 8, 16, 32 (``layer1``..``layer4``), for an FPN neck (nanosam2's
+    students). ``channel_list`` is lowest resolution first, as ``FpnNeck.backbone_channel_list`` wants."""
+
+    def __init__(self, depth: str = "resnet18") -> None:
+        super().__init__(depth)
+        expansion = RESNET_LAYOUTS[depth][0].expansion
+        self.channel_list = [planes * expansion for planes in (512, 256, 128, 64)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        levels = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            levels.append(x)
+        return levels
+
+
 class ResNetSamEncoder(nn.Module):
     """NanoSAM's design: 3x (conv3x3 + GELU) at stride 32, ConvTranspose x2 to stride 16,
     conv3x3 + GELU, conv1x1, plus a learned 256 x 64 x 64 position term.
