@@ -1,4 +1,5 @@
-"""``swiftsam eval coco``: accuracy protocols over COCO-format annotations; ``swiftsam eval davis``: DAVIS video."""
+"""``swiftsam eval coco``: accuracy protocols over COCO-format annotations; ``eval lvis``: LVIS mask AP;
+``swiftsam eval davis``: DAVIS video."""
 
 from __future__ import annotations
 
@@ -39,6 +40,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_image_arguments(c)
     c.set_defaults(fn=run)
 
+    lv = ev.add_parser("lvis", help="LVIS-format annotations: mask AP with LVIS's federated rules (APr/APc/APf)")
+    lv.add_argument("--images", required=True, help="image folder (for LVIS v1 val: COCO's val2017 + train2017 "
+                                                    "images in one folder; files found by file_name or coco_url)")
+    lv.add_argument("--annotations", required=True, help="LVIS annotation JSON (e.g. lvis_v1_val.json)")
+    lv.add_argument("--model", help=f"zoo model (default {DEFAULT_MODEL})")
+    lv.add_argument("--checkpoint", help="local checkpoint instead of the official download")
+    add_input_size_argument(lv)
+    lv.add_argument("--baseline", choices=["box-fill", "grabcut", "oracle"], help="a baseline instead of a model")
+    lv.add_argument("--protocol", choices=["box", "detections"], default="box",
+                    help="box: every ground-truth box, each mask scored with its predicted IoU; detections: the "
+                         "boxes of --detections, scored with the detection score")
+    lv.add_argument("--detections", help="detections protocol: LVIS/COCO results JSON of a detector")
+    lv.add_argument("--limit", type=int, help="only the first N images (by id)")
+    lv.add_argument("--out", help="results folder (default out/eval/MODEL-lvis-PROTOCOL); an interrupted run resumes")
+    lv.add_argument("--overwrite", action="store_true", help="discard earlier results in --out")
+    add_engine_arguments(lv)
+    add_device_argument(lv)
+    add_image_arguments(lv)
+    lv.set_defaults(fn=run_lvis)
+
     d = ev.add_parser("davis", help="DAVIS semi-supervised video protocol: J, F and J&F per sequence")
     d.add_argument("--davis", required=True, metavar="ROOT", help="DAVIS root (JPEGImages/<seq>/, Annotations/<seq>/)")
     d.add_argument("--sequences", help="comma-separated sequence names (default: every sequence of ROOT)")
@@ -56,25 +77,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval import BASELINES, CocoImages, OracleSegmenter, PredictorSegmenter, evaluate_coco, format_summary
+    from ..eval import CocoImages, evaluate_coco, format_summary
     from ..eval.coco import load_detections
 
     dataset = CocoImages(args.images, args.annotations)
     detections = load_detections(args.detections, dataset) if args.detections else None
-    if args.baseline and (args.checkpoint or args.model):
-        raise InputError("--baseline replaces the model: drop --model / --checkpoint.")
-    if args.baseline == "oracle":
-        segmenter, name, settings = OracleSegmenter(dataset), "oracle", {}
-    elif args.baseline:
-        segmenter, name, settings = BASELINES[args.baseline](), args.baseline, {}
-    else:
-        name = args.model or DEFAULT_MODEL
-        size = input_size_option(args, name)
-        model = load_model(args, name, size)
-        predictor = Predictor(model, engine=args.engine, **engine_options(args))
-        segmenter = PredictorSegmenter(predictor)
-        settings = {"checkpoint": str(args.checkpoint) if args.checkpoint else None, "engine": predictor.engine.describe(),
-                    **size}
+    segmenter, name, settings = build_segmenter(args, dataset)
     out = args.out or f"out/eval/{name}-{args.protocol}"
     summary = evaluate_coco(
         dataset, segmenter, out, args.protocol, variant=args.variant, clicks=args.clicks, detections=detections,
@@ -82,6 +90,46 @@ def run(args: argparse.Namespace) -> int:
     )
     if summary is not None:  # rank 0
         print(format_summary(summary))
+        print(f"wrote {Path(out) / 'summary.json'}")
+    return 0
+
+
+def build_segmenter(args: argparse.Namespace, dataset) -> tuple[object, str, dict]:
+    """(segmenter, its name, its settings for the run's config): a baseline or the model of --model."""
+    from ..eval import BASELINES, OracleSegmenter, PredictorSegmenter
+
+    if args.baseline and (args.checkpoint or args.model):
+        raise InputError("--baseline replaces the model: drop --model / --checkpoint.")
+    if args.baseline == "oracle":
+        return OracleSegmenter(dataset), "oracle", {}
+    if args.baseline:
+        return BASELINES[args.baseline](), args.baseline, {}
+    name = args.model or DEFAULT_MODEL
+    size = input_size_option(args, name)
+    model = load_model(args, name, size)
+    predictor = Predictor(model, engine=args.engine, **engine_options(args))
+    settings = {"checkpoint": str(args.checkpoint) if args.checkpoint else None, "engine": predictor.engine.describe(),
+                **size}
+    return PredictorSegmenter(predictor), name, settings
+
+
+def run_lvis(args: argparse.Namespace) -> int:
+    from ..eval.coco import load_detections
+    from ..eval.lvis import LvisImages, evaluate_lvis, format_lvis_summary
+
+    if args.protocol == "detections" and not args.detections:
+        raise InputError("--protocol detections needs --detections FILE (LVIS/COCO results JSON of a detector).")
+    if args.protocol == "box" and args.detections:
+        raise InputError("--detections is for --protocol detections; the box protocol prompts with the "
+                         "ground-truth boxes.")
+    dataset = LvisImages(args.images, args.annotations)
+    detections = load_detections(args.detections, dataset) if args.detections else None
+    segmenter, name, settings = build_segmenter(args, dataset)
+    out = args.out or f"out/eval/{name}-lvis-{args.protocol}"
+    summary = evaluate_lvis(dataset, segmenter, out, args.protocol, detections=detections, settings=settings,
+                            limit=args.limit, model_name=name, overwrite=args.overwrite, max_pixels=args.max_pixels)
+    if summary is not None:  # rank 0
+        print(format_lvis_summary(summary))
         print(f"wrote {Path(out) / 'summary.json'}")
     return 0
 

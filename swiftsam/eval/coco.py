@@ -94,16 +94,20 @@ def point_rows(dataset: CocoImages, segmenter, image_id: int, clicks: int, varia
     ]
 
 
-def detection_rows(dataset: CocoImages, segmenter, image_id: int, detections: list[dict]) -> list[dict]:
+def detection_rows(dataset: CocoImages, segmenter, image_id: int, detections: list[dict],
+                   mask_scores: bool = False) -> list[dict]:
+    """One mask per detection box, scored with the detection's score (``mask_scores``: times the mask's predicted
+    IoU, which ranks the masks of boxes that all score 1, e.g. ground-truth boxes)."""
     if not detections:
         return []
     size = dataset.size(image_id)
     boxes = np.stack([xywh_to_xyxy(d["bbox"], size) for d in detections])
-    masks, _ = segmenter.boxes(boxes, "multimask")  # EfficientViT-SAM / TinySAM: best of the 3 outputs
+    masks, predicted = segmenter.boxes(boxes, "multimask")  # EfficientViT-SAM / TinySAM: best of the 3 outputs
     return [
-        {"image_id": image_id, "category_id": d["category_id"], "score": float(d["score"]),
+        {"image_id": image_id, "category_id": d["category_id"],
+         "score": float(d["score"]) * (float(p) if mask_scores else 1.0),
          "bbox": [float(v) for v in d["bbox"]], "segmentation": dataset.encode(m)}
-        for d, m in zip(detections, masks)
+        for d, m, p in zip(detections, masks, predicted)
     ]
 
 
@@ -280,10 +284,14 @@ def evaluate_coco(
     overwrite: bool = False,
     progress: bool = True,
     max_pixels: MaxPixels = "pil",
+    mask_scores: bool = False,
+    summarizer: Callable[[list[dict], CocoImages, dict, list[int]], dict] | None = None,
 ) -> dict | None:
     """Run ``protocol`` over the dataset (or its first ``limit`` images); returns the summary on rank 0.
 
     ``settings`` (checkpoint, engine, ...) join the run's config: a resumed run must have the same.
+    ``mask_scores`` (detections protocol): scores are the detection's times the mask's predicted IoU.
+    ``summarizer(rows, dataset, config, image_ids)`` replaces the protocol's summary (``eval lvis``: LVIS AP).
     """
     if protocol not in PROTOCOLS:
         raise InputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}.")
@@ -326,7 +334,7 @@ def evaluate_coco(
             elif protocol == "point":
                 rows = point_rows(dataset, segmenter, image_id, clicks, variant)
             else:
-                rows = detection_rows(dataset, segmenter, image_id, detections.get(image_id, []))
+                rows = detection_rows(dataset, segmenter, image_id, detections.get(image_id, []), mask_scores)
             log.add(image_id, rows)
         barrier()
     finally:
@@ -338,7 +346,7 @@ def evaluate_coco(
     if missing:
         raise InputError(f"{len(missing)} images have no results in {out} (a rank stopped early?); run again to finish.")
     rows = [r for i in image_ids for r in done[i]]
-    summary = summarize(protocol, rows, dataset, config, image_ids)
+    summary = (summarizer or (lambda *a: summarize(protocol, *a)))(rows, dataset, config, image_ids)
     with atomic_path(out / SUMMARY) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     return summary

@@ -34,15 +34,11 @@ class CocoImages:
             raise InputError(f"annotation file not found: {ann_path}")
         if not self.images_dir.is_dir():
             raise InputError(f"image folder not found: {self.images_dir}")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-                self.coco = COCO(str(ann_path))
-        except Exception as e:
-            raise InputError(f"{ann_path} is not a COCO annotation file ({type(e).__name__}: {e}).") from None
+        self.coco = self._load(COCO, ann_path)
         if "annotations" not in self.coco.dataset or "images" not in self.coco.dataset:
             raise InputError(f"{ann_path} has no 'images' / 'annotations': not a COCO instances file.")
         self.image_ids = sorted(self.coco.getImgIds())
-        missing = [self.coco.imgs[i]["file_name"] for i in self.image_ids if not self.path(i).is_file()]
+        missing = [self.file_name(i) for i in self.image_ids if not self.path(i).is_file()]
         if missing and len(missing) == len(self.image_ids):
             raise InputError(
                 f"none of the {len(missing)} images of {ann_path.name} are in {self.images_dir} "
@@ -52,8 +48,19 @@ class CocoImages:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise InputError(f"{len(missing)} images of {ann_path.name} are missing from {self.images_dir}: {shown}")
 
+    def _load(self, COCO, ann_path: Path):
+        """The pycocotools ``COCO`` index of the annotation file (a subclass checks another format here)."""
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                return COCO(str(ann_path))
+        except Exception as e:
+            raise InputError(f"{ann_path} is not a COCO annotation file ({type(e).__name__}: {e}).") from None
+
+    def file_name(self, image_id: int) -> str:
+        return self.coco.imgs[image_id]["file_name"]
+
     def path(self, image_id: int) -> Path:
-        return self.images_dir / self.coco.imgs[image_id]["file_name"]
+        return self.images_dir / self.file_name(image_id)
 
     def image(self, image_id: int, max_pixels: MaxPixels = "pil") -> np.ndarray:
         """The image in the frame of its annotations: upright as viewers show it (EXIF orientation
