@@ -68,6 +68,11 @@ class TrainConfig:
     # teacher-embedding cache (distill-encoder): fp16 files, one per image and view
     teacher_cache: str | None = None
     cache_views: int = 1  # crops per image that the cache keeps (epoch e uses view e % cache_views)
+    # distill-encoder with a SAM 2.1 teacher: the weight of each FPN level's loss, coarse to fine (strides 16, 8, 4;
+    # nanosam2's 1, 1/4, 1/8). The levels are the neck's raw outputs (``backbone_fpn``), which the memory encoder
+    # (stride 16) and, through the teacher's conv_s0 / conv_s1 and no_mem_embed, the decoder read. The cache keeps
+    # every level in fp16: 2 * 256 * (S/4)^2 * 21/16 bytes per view (S=1024: 44 MB; S=512: 11 MB)
+    level_weights: list[float] = field(default_factory=lambda: [1.0, 0.25, 0.125])
     # prompts (distill-full, train-masks)
     objects_per_image: int = 4
     prompt_rounds: int = 3  # round 0: box or point from the ground truth; later rounds: error-region clicks
@@ -108,6 +113,8 @@ class TrainConfig:
         self.crop_scale = tuple(self.crop_scale)
         self.crop_ratio = tuple(self.crop_ratio)
         self.freeze = list(self.freeze)
+        if isinstance(self.level_weights, (list, tuple)):
+            self.level_weights = list(self.level_weights)
 
     def validate(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -144,6 +151,11 @@ class TrainConfig:
         need(self.optimizer in ("adam", "adamw"), f"optimizer must be adam or adamw, got {self.optimizer!r}.")
         need(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, f"crop_scale must be 0 < lo <= hi <= 1, got {self.crop_scale}.")
         need(0 < self.crop_ratio[0] <= self.crop_ratio[1], f"crop_ratio must be 0 < lo <= hi, got {self.crop_ratio}.")
+        need(isinstance(self.level_weights, list) and len(self.level_weights) >= 1
+             and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in self.level_weights)
+             and sum(self.level_weights) > 0,
+             f"level_weights must be a list of numbers >= 0 (not all 0), one per FPN level coarse to fine, "
+             f"e.g. [1.0, 0.25, 0.125]; got {self.level_weights!r}.")
         bad = [p for p in self.freeze if p not in PARTS]
         need(not bad, f"freeze: unknown part {', '.join(bad)}; choose from {', '.join(PARTS)}.")
         need(len(self.freeze) < len(PARTS), "freeze: every part is frozen, nothing would train.")

@@ -64,6 +64,38 @@ def _copy_matching(src: nn.Module, dst: nn.Module) -> int:
     return len(same)
 
 
+def _copy_all_but_encoder(src: nn.Module, dst: nn.Module) -> bool:
+    """SAM 2: copy every tensor outside ``image_encoder`` (prompt encoder, decoder with conv_s0 / conv_s1, memory
+    attention and encoder, the top-level embeddings and projections) when ``dst`` has exactly the same ones."""
+    keep = lambda sd: {k: v for k, v in sd.items() if not k.startswith("image_encoder.")}  # noqa: E731
+    a, b = keep(src.state_dict()), keep(dst.state_dict())
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return False
+    dst.load_state_dict(a, strict=False)
+    return True
+
+
+def multi_level(model: nn.Module) -> bool:
+    """A SAM 2-style model: several feature levels (the image stage returns the embedding and high-res levels)."""
+    return len(model.contract.features) > 1
+
+
+def distilled_levels(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The feature maps ``distill-encoder`` matches, coarse to fine: SAM 1, the image embedding; SAM 2, the neck's
+    raw FPN levels (``backbone_fpn``, 256 channels at strides 16, 8, 4) before conv_s0 / conv_s1 and no_mem_embed.
+    Those are what the memory encoder reads (stride 16) and what the decoder's (teacher-owned, frozen) projections
+    read, so matching them matches every input of the decoder and the memory."""
+    out = model.image_encoder(x)
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return sorted(out["backbone_fpn"], key=lambda f: f.shape[-1])
+
+
+def _layout(model: nn.Module) -> str:
+    levels = ", ".join(f"{f.name} {f.channels}x{f.size}x{f.size}" for f in model.contract.features)
+    return f"input {model.spec.input_size} px: {levels}"
+
+
 def _freeze(module: nn.Module) -> None:
     module.eval()
     for p in module.parameters():
@@ -80,6 +112,11 @@ class Recipe:
         if self.teacher is not None:
             _freeze(self.teacher)
         self.student = load_model(config.student, self.student_default, device)
+        sam2 = [s.name for s, m in ((config.student, self.student), (config.teacher, self.teacher))
+                if m is not None and multi_level(m)]
+        if sam2 and self.name != "distill-encoder":
+            raise InputError(f"{self.name} trains SAM 1 models only (one image embedding); {sam2[0]} is a SAM 2.1 "
+                             f"model: distil it with recipe: distill-encoder.")
         if self.teacher is not None:
             t_levels, s_levels = (tuple(f.name for f in m.contract.features) for m in (self.teacher, self.student))
             if len(t_levels) != len(s_levels):
@@ -87,12 +124,24 @@ class Recipe:
                     f"the teacher {config.teacher.name} has {len(t_levels)} feature level(s) ({', '.join(t_levels)}) and "
                     f"the student {config.student.name} {len(s_levels)} ({', '.join(s_levels)}): a student of a SAM 2 "
                     f"teacher must produce every level its decoder uses; pick a SAM 1 teacher (e.g. mobilesam) or a "
-                    f"student with SAM 2's levels.")
+                    f"student with SAM 2's levels (e.g. nanosam2-resnet18)."
+                )
+            if len(t_levels) > 1 and self.teacher.contract.features != self.student.contract.features:
+                raise InputError(
+                    f"the teacher {config.teacher.name} ({_layout(self.teacher)}) and the student "
+                    f"{config.student.name} ({_layout(self.student)}) must have the same input size and feature "
+                    f"sizes: the student takes the teacher's decoder and memory modules, which are built for one "
+                    f"size; give both the same kwargs: {{input_size: N}}.")
         self.decoder_from_teacher = False
         if self.teacher is not None and config.student.checkpoint in ("auto", "random"):
-            # NanoSAM / TinySAM: the student starts from (and here keeps) the teacher's prompt side
-            ok = _copy_if_compatible(self.teacher.prompt_encoder, self.student.prompt_encoder)
-            self.decoder_from_teacher = ok and _copy_if_compatible(self.teacher.mask_decoder, self.student.mask_decoder)
+            # NanoSAM / TinySAM: the student starts from (and here keeps) the teacher's prompt side;
+            # nanosam2: all but the image encoder (prompt encoder, decoder with conv_s0 / conv_s1, memory modules)
+            if multi_level(self.teacher):
+                self.decoder_from_teacher = _copy_all_but_encoder(self.teacher, self.student)
+            else:
+                ok = _copy_if_compatible(self.teacher.prompt_encoder, self.student.prompt_encoder)
+                self.decoder_from_teacher = ok and _copy_if_compatible(self.teacher.mask_decoder,
+                                                                       self.student.mask_decoder)
         if self.teacher is not None and config.init_from_teacher:
             copied = _copy_matching(self.teacher.image_encoder, self.student.image_encoder)
             log.info("student image encoder: %d of %d tensors start from the teacher's", copied,
@@ -137,13 +186,26 @@ class DistillEncoder(Recipe):
     name = "distill-encoder"
 
     def setup(self) -> None:
-        if not self.decoder_from_teacher and self.config.student.checkpoint in ("auto", "random"):
-            raise InputError(f"the student {self.config.student.name} cannot take the teacher "
-                             f"{self.config.teacher.name}'s mask decoder (different shapes).")
+        c = self.config
+        if not self.decoder_from_teacher and c.student.checkpoint in ("auto", "random"):
+            what = "prompt encoder, mask decoder and memory modules" if multi_level(self.teacher) else "mask decoder"
+            raise InputError(f"the student {c.student.name} cannot take the teacher {c.teacher.name}'s {what} "
+                             f"(different shapes).")
         _freeze(self.student)
         for p in self.student.image_encoder.parameters():
             p.requires_grad_(True)
         self.student.image_encoder.train()
+        # (name, weight) of each distilled level, coarse to fine
+        if multi_level(self.teacher):
+            size = self.teacher.spec.input_size
+            sizes = sorted(f.size for f in self.teacher.contract.features)
+            if len(c.level_weights) != len(sizes):
+                raise InputError(f"level_weights has {len(c.level_weights)} weight(s) but the teacher {c.teacher.name} "
+                                 f"has {len(sizes)} FPN levels: give one per level, coarse to fine (strides "
+                                 f"{', '.join(str(size // n) for n in sizes)}), e.g. [1.0, 0.25, 0.125].")
+            self.levels = [(f"fpn_stride{size // n}", float(w)) for n, w in zip(sizes, c.level_weights)]
+        else:
+            self.levels = [("embedding", 1.0)]
         self.cache = self._cache_dir()
 
     def dataset(self) -> DistillImages:
@@ -161,39 +223,55 @@ class DistillEncoder(Recipe):
         files = [str(p.relative_to(c.images)) for p in training_images(c.images)]
         key = json.dumps({"teacher": [c.teacher.name, c.teacher.checkpoint, c.teacher.kwargs, c.teacher.seed],
                           "size": self.teacher.spec.input_size, "crop": [c.crop_scale, c.crop_ratio], "seed": c.seed,
-                          "views": c.cache_views, "files": files}, sort_keys=True)
+                          "views": c.cache_views, "files": files, "levels": [name for name, _ in self.levels]},
+                         sort_keys=True)
         folder = Path(c.teacher_cache) / hashlib.sha256(key.encode()).hexdigest()[:16]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "key.json").write_text(key)
         return folder
 
-    def teacher_embeddings(self, batch: dict) -> torch.Tensor:
+    def teacher_embeddings(self, batch: dict) -> list[torch.Tensor]:
+        """The teacher's levels for the batch (``distilled_levels``, coarse to fine), from the cache when it has
+        them; each cache file holds one (image, view)'s levels by name, in fp16."""
+        names = [name for name, _ in self.levels]
         if self.cache is None:
             with torch.no_grad():
-                return self.teacher.image_encoder(batch["teacher"].to(self.device)).float()
+                return [t.float() for t in distilled_levels(self.teacher, batch["teacher"].to(self.device))]
         out = [None] * len(batch["index"])
         todo = []
         for k, (i, v) in enumerate(zip(batch["index"], batch["view"])):
             path = self.cache / f"{int(i):08d}_{int(v) % self.config.cache_views}.pt"
             if path.exists():
-                out[k] = torch.load(path, weights_only=True).float()
+                saved = torch.load(path, weights_only=True)
+                out[k] = [saved[n].float() for n in names]
             else:
                 todo.append((k, path))
         if todo:
             with torch.no_grad():
-                emb = self.teacher.image_encoder(batch["teacher"][[k for k, _ in todo]].to(self.device)).float()
-            for (k, path), e in zip(todo, emb):
-                e = e.half()
-                out[k] = e.float()  # the same fp16-rounded values a later epoch (or a resumed run) reads back
-                save_torch_atomic(e.cpu().clone(), path)
-        return torch.stack([o.to(self.device) for o in out])
+                levels = distilled_levels(self.teacher, batch["teacher"][[k for k, _ in todo]].to(self.device))
+            for j, (k, path) in enumerate(todo):
+                saved = {n: t[j].half().cpu().clone() for n, t in zip(names, levels)}
+                out[k] = [saved[n].float() for n in names]  # the fp16-rounded values a later epoch reads back
+                save_torch_atomic(saved, path)
+        return [torch.stack([o[j] for o in out]).to(self.device) for j in range(len(names))]
 
     def loss(self, batch, step, rank, micro):
-        target = self.teacher_embeddings(batch)
+        targets = self.teacher_embeddings(batch)
         with self.autocast():
-            student = self.student.image_encoder(batch["student"].to(self.device))
-        loss = embedding_loss(self.config.loss, student, target)
-        return loss, {"loss": float(loss.detach())}
+            student = distilled_levels(self.student, batch["student"].to(self.device))
+        if len(self.levels) == 1:
+            loss = embedding_loss(self.config.loss, student[0], targets[0])
+            return loss, {"loss": float(loss.detach())}
+        values, total = {}, 0.0
+        for (name, weight), s, t in zip(self.levels, student, targets, strict=True):
+            if s.shape[1:] != t.shape[1:]:
+                raise InputError(f"the student {self.config.student.name}'s {name} level is {tuple(s.shape[1:])} but "
+                                 f"the teacher's is {tuple(t.shape[1:])}: the student's neck must produce the "
+                                 f"teacher's levels (256 channels at strides 16, 8 and 4).")
+            level = embedding_loss(self.config.loss, s, t)
+            values[f"loss_{name}"] = float(level.detach())
+            total = total + weight * level
+        return total, {"loss": float(total.detach()), **values}
 
 
 class _Prompted(Recipe):
