@@ -25,7 +25,7 @@ import torch
 
 from ..errors import EngineError
 from ..export.onnx import (EXPORTS, _example_inputs, cached_export, check_export_matches, read_manifest,
-                           weights_fingerprint)
+                           code_fingerprint, weights_fingerprint)
 from ..modeling.sam import Sam
 from ..optional import require
 from ..utils import atomic_path
@@ -63,9 +63,10 @@ def openvino_cache_dir() -> Path:
 
 
 def ir_folder(model: Sam, source: str = "onnx") -> Path:
-    """Where ``model``'s IR lives: keyed by zoo name, weights fingerprint, OpenVINO version and source."""
-    return openvino_cache_dir() / (f"{model.zoo_name or 'model'}-{weights_fingerprint(model)}-ov{openvino_version()}"
-                                   f"-{source}")
+    """Where ``model``'s IR lives: keyed by zoo name, weights fingerprint, graph code, OpenVINO version and
+    source."""
+    return openvino_cache_dir() / (f"{model.zoo_name or 'model'}-{weights_fingerprint(model)}-{code_fingerprint()}"
+                                   f"-ov{openvino_version()}-{source}")
 
 
 def cpu_capabilities() -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EngineError
-from ..export.onnx import cached_export, check_export_matches, read_manifest
+from ..export.onnx import cached_export, check_export_matches, code_fingerprint, read_manifest
 from ..modeling.segmenter import Segmenter
 from ..modeling.stages import Stage
 from ..utils import atomic_path
@@ -152,7 +152,9 @@ class TensorRTEngine(StageEngine):
             check_export_matches(folder, manifest, model)  # other weights' graphs would run silently
         gpu = _slug(torch.cuda.get_device_name())
         int8 = "-int8" if manifest.get("quantization") else ""
-        key = (f"{model.zoo_name or 'model'}-{manifest['fingerprint']}-{precision}{int8}-{gpu}-trt{trt.__version__}"
+        graphs = "" if onnx_dir else f"-{code_fingerprint()}"  # the cached export is keyed by the graph code too
+        key = (f"{model.zoo_name or 'model'}-{manifest['fingerprint']}{graphs}-{precision}{int8}-{gpu}"
+               f"-trt{trt.__version__}"
                f"-b{max_batch}-p{max_prompts}x{max_points}")
         root = swiftsam_home() / "tensorrt"
         # min / opt / max of every dynamic axis; the shapes themselves are the model's stages

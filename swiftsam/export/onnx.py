@@ -7,6 +7,7 @@ Files appear in the output folder only once written and checked.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import json
@@ -336,10 +337,25 @@ def check_export_matches(folder: str | os.PathLike[str], manifest: dict, model: 
     )
 
 
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A short hash of the source that defines the exported graphs (``swiftsam/modeling`` and
+    ``swiftsam/export``): caches of exported graphs are keyed by it too, so a graph traced by other code (an
+    upgrade, a fix) is exported again instead of silently reused."""
+    h = hashlib.blake2b(digest_size=6)
+    package = Path(__file__).resolve().parent.parent
+    for sub in ("modeling", "export"):
+        for path in sorted((package / sub).rglob("*.py")):
+            h.update(path.relative_to(package).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def cached_export(model: Segmenter, root: Path, parts: Iterable[str]) -> Path:
-    """Export once per (model, weights) into ``root/<name>-<fingerprint>``; later calls reuse it."""
+    """Export once per (model, weights, graph code) into ``root/<name>-<fingerprint>-<code>``; later calls reuse
+    it."""
     fingerprint = weights_fingerprint(model)
-    folder = root / f"{model.zoo_name or 'model'}-{fingerprint}"
+    folder = root / f"{model.zoo_name or 'model'}-{fingerprint}-{code_fingerprint()}"
     parts = list(parts)
     if (folder / MANIFEST).exists():
         manifest = read_manifest(folder)

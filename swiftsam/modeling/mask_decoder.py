@@ -8,6 +8,40 @@ from torch import nn
 from .common import MLP, LayerNorm2d
 
 
+def _deconv2x2(tokens: torch.Tensor, deconv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A 2x2, stride-2 transposed convolution on channels-last tokens, as one matrix product: B x N x Cin ->
+    B x 4N x Cout, each input token followed by its four output pixels in the order (dy, dx). Exactly the
+    convolution (every output pixel sees one input pixel), without its slow kernel or layout changes."""
+    cin, cout = deconv.in_channels, deconv.out_channels
+    weight = deconv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # columns (dy, dx, out)
+    out = tokens @ weight
+    return out.reshape(out.shape[0], -1, cout) + deconv.bias
+
+
+def upscale_masks(upscaling: nn.Sequential, src: torch.Tensor, h: int, w: int, hyper_in: torch.Tensor) -> torch.Tensor:
+    """SAM's ``output_upscaling`` (deconv, LayerNorm2d, act, deconv, act) of the image tokens ``src`` (B x hw x C,
+    row-major over the h x w grid) and the hypernetwork product with ``hyper_in`` (B x M x C/8): B x M x 4h x 4w.
+
+    Same arithmetic as running the modules on an NCHW map, in a cheaper order: the pixels stay in the order the
+    deconvolutions produce them (each coarse pixel, then its 2x2 children, then theirs), the channel reductions
+    happen there, and only the M output masks are put in raster order at the end.
+    """
+    deconv1, norm, act1, deconv2, act2 = upscaling
+    b = hyper_in.shape[0]
+    if not (type(deconv1) is type(deconv2) is nn.ConvTranspose2d and type(norm) is LayerNorm2d):
+        # quantized twins (fake-quant layers) keep their own forward: run the modules on the NCHW map
+        x = upscaling(src.transpose(1, 2).reshape(src.shape[0], -1, h, w))
+        x = x.expand(b, -1, -1, -1)
+        return (hyper_in @ x.flatten(2)).reshape(b, -1, x.shape[-2], x.shape[-1])
+    x = act1(torch.nn.functional.layer_norm(_deconv2x2(src, deconv1), (norm.weight.shape[0],), norm.weight,
+                                            norm.bias, norm.eps))
+    x = act2(_deconv2x2(x, deconv2))  # B x 16hw x C/8, ordered (y, x, dy1, dx1, dy2, dx2)
+    masks = (x @ hyper_in.transpose(1, 2)).expand(b, -1, -1)  # B x 16hw x M
+    m = masks.shape[-1]
+    masks = masks.reshape(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(b, m, 4 * h, 4 * w)
+
+
 class MaskDecoder(nn.Module):
     """SAM's mask decoder: from an image embedding and prompt embeddings to masks and their predicted IoU.
 
@@ -86,20 +120,15 @@ class MaskDecoder(nn.Module):
         # prompt), ``src`` stays a single image and the transformer's first image-side projections run
         # once for all prompts; the first image-to-token attention gives each prompt its own copy
         src = image_embeddings + dense_prompt_embeddings
-        _, c, h, w = src.shape
+        h, w = src.shape[-2:]
 
         hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
-        b = n_prompts
-        src = src.expand(b, -1, -1)  # a no-op unless the transformer left the image side shared
-
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        masks = upscale_masks(self.output_upscaling, src, h, w, hyper_in)
         if return_tokens:
             return masks, self.iou_prediction_head(iou_token_out), hs[:, : 1 + self.num_mask_tokens]
         return masks, self.iou_prediction_head(iou_token_out)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .common import MLPBlock
 
@@ -29,14 +28,75 @@ class Attention(nn.Module):
         b, n, c = x.shape
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
+    def _plain_linears(self) -> bool:
+        return all(type(m) is nn.Linear for m in (self.q_proj, self.k_proj, self.v_proj, self.out_proj))
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of ``q`` (B x Nq x C) to ``k`` / ``v`` (B x Nk x C; batch 1 broadcasts).
+
+        Between a few prompt tokens and thousands of image tokens, the projections of the image side cost
+        far more than the attention itself. When the image side is per prompt (same batch as the tokens) and
+        heads x tokens is below the internal width, the products are reassociated so that the image tokens
+        meet the few tokens' projected weights instead of being projected themselves (``_few_keys`` /
+        ``_few_queries``): the same function, each image token multiplied by ~heads x tokens instead of
+        ~2 x internal width columns. Layers other than ``nn.Linear`` (quantized twins) keep the plain path.
+        """
+        nq, nk, h = q.shape[1], k.shape[1], self.num_heads
+        per_prompt = q.shape[0] == k.shape[0] == v.shape[0]
+        if per_prompt and self._plain_linears():
+            if nq * h < self.internal_dim < nk:
+                return self._few_queries(q, k, v)
+            if nk * h < self.internal_dim < nq:
+                return self._few_keys(q, k, v)
+        if nk * h < self.internal_dim < nq and k.shape[0] == v.shape[0] and self._plain_linears():
+            return self._few_keys(q, k, v, project_queries=True)
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
-        attn = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-        out = torch.softmax(attn, dim=-1) @ v
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, fused
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+
+    def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Few queries (prompt tokens), many keys (image tokens). Per head, q_h . (W_k,h x + b_k,h) =
+        (W_k,h^T q_h) . x + const: the key projection moves onto the queries (its bias shifts every score of a
+        query equally, which softmax ignores), and sum_j p_j (W_v,h x_j + b_v,h) = W_v,h (sum_j p_j x_j) + b_v,h
+        moves the value projection after the weighted sum."""
+        b, nq, c = q.shape
+        h, d = self.num_heads, self.internal_dim // self.num_heads
+        qh = self._heads(self.q_proj(q)) * d ** -0.5  # B x h x Nq x d
+        wk = self.k_proj.weight.reshape(h, d, c)
+        scores = (qh @ wk).reshape(b, h * nq, c) @ k.transpose(1, 2)  # B x hNq x Nk
+        mixed = (torch.softmax(scores, dim=-1) @ v).reshape(b, h, nq, c)  # sum_j p_j x_j, per head
+        wv = self.v_proj.weight.reshape(h, d, c)
+        out = mixed @ wv.transpose(1, 2) + self.v_proj.bias.reshape(h, 1, d)  # B x h x Nq x d
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, h * d))
+
+    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  project_queries: bool = False) -> torch.Tensor:
+        """Many queries (image tokens), few keys (prompt tokens). The output projection moves before the
+        weighted sum: out = sum_h P_h (V_h W_o,h^T) + b_o, so each image token takes h x Nk weights instead of
+        an internal-width vector and its projection. Unless ``project_queries`` (the queries are shared by
+        every prompt: project them once), the query projection moves onto the keys as well:
+        (W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h."""
+        b = k.shape[0]
+        nk, c = k.shape[1], k.shape[2]
+        h, d = self.num_heads, self.internal_dim // self.num_heads
+        kh = self._heads(self.k_proj(k)) * d ** -0.5  # B x h x Nk x d
+        if project_queries:
+            qh = self._heads(self.q_proj(q))  # Bq x h x Nq x d
+            scores = (qh @ kh.transpose(-2, -1)).transpose(1, 2)  # B x Nq x h x Nk
+        else:
+            wq = self.q_proj.weight.reshape(h, d, c)
+            keys = (kh @ wq).reshape(b, h * nk, c)  # B x hNk x C: W_q,h^T k_h
+            bias = (kh @ self.q_proj.bias.reshape(h, d, 1)).reshape(b, 1, h * nk)
+            scores = (q @ keys.transpose(1, 2) + bias).reshape(b, -1, h, nk)  # B x Nq x h x Nk
+        nq = scores.shape[1]
+        probs = torch.softmax(scores, dim=-1).reshape(b, nq, h * nk)
+        vh = self._heads(self.v_proj(v))  # B x h x Nk x d
+        wo = self.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)  # h x d x C
+        values = (vh @ wo).reshape(b, h * nk, c)  # V_h W_o,h^T, stacked over heads
+        return probs @ values + self.out_proj.bias
 
 
 class TwoWayAttentionBlock(nn.Module):
