@@ -535,29 +535,3 @@ def test_exported_decoder_on_the_embedding_gives_the_segment_mask(predictor):
     expected = decode_rle(seg.json()["masks"][0])
     assert here.shape == expected.shape == img.shape[:2]
     assert (here & expected).sum() / max(1, (here | expected).sum()) > 0.98
-
-
-def test_ray_replica_hands_requests_to_the_app(predictor):
-    """The replica's forwarding (all of the Ray deployment but Ray itself): a Starlette request in, the app's
-    answer out, the app's lifespan started on first use."""
-    from starlette.applications import Starlette
-    from starlette.routing import Route
-
-    from swiftsam.serve.ray_serve import AppForwarder
-
-    forward = AppForwarder(create_app(predictor, ServeConfig()))
-
-    async def endpoint(request):
-        return await forward(request)
-
-    outer = Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
-    data = _png(_image(90))
-    with TestClient(outer) as client:
-        r = client.post("/v1/segment", files=_files(data), data={"prompts": '{"boxes": [[5, 5, 60, 60]]}'})
-        bad = client.post("/v1/segment", files=_files(b"nope"), data={"prompts": '{"boxes": [[5, 5, 60, 60]]}'})
-        health = client.get("/healthz")
-    with TestClient(create_app(predictor, ServeConfig())) as client:
-        direct = client.post("/v1/segment", files=_files(data), data={"prompts": '{"boxes": [[5, 5, 60, 60]]}'})
-    assert r.status_code == 200 and r.json() == direct.json()
-    assert bad.status_code == 400 and "not an image" in bad.json()["detail"]
-    assert health.json()["status"] == "ok"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -105,6 +105,26 @@ def segment_prompts(predictor: Predictor, prompts: Prompts, image_id: int, candi
 
 
 # ------------------------------------------------------------------ the run
+def label_one(predictor: Predictor, image: Path, image_id: int, prompts_for: Callable[[Path, np.ndarray], Prompts],
+              candidates: str = "multimask", max_pixels: MaxPixels = "pil") -> dict:
+    """One image's outcome, as its progress-log line: {image, records, skipped, clipped}, or {image, error} for an
+    image that cannot be labelled (unreadable, bad prompts). Errors of the model, engine or installation, which
+    every image would meet alike, are raised."""
+    try:
+        array = load_image(image, max_pixels=max_pixels)
+        prompts = prompts_for(image, array)
+        if len(prompts):
+            predictor.set_image(array)
+        records, empty = segment_prompts(predictor, prompts, image_id, candidates)
+    except Exception as e:
+        if isinstance(e, SwiftSamError) and not isinstance(e, InputError):
+            raise  # the model, engine or installation: every image would fail alike
+        return {"image": image.name, "error": str(e) if isinstance(e, SwiftSamError) else f"{type(e).__name__}: {e}"}
+    for rec in records:
+        rec["file_name"] = image.name
+    return {"image": image.name, "records": records, "skipped": prompts.skipped + empty, "clipped": prompts.clipped}
+
+
 def progress_path(out: Path) -> Path:
     return out.with_name(out.stem + ".progress.jsonl")
 
@@ -154,10 +174,15 @@ def label_images(
     progress: bool | None = None,
     strict: bool = False,
     max_pixels: MaxPixels = "pil",
+    map_images: Callable[[list[Path]], Iterable[dict]] | None = None,
 ) -> dict:
     """Label ``images`` (ids: file name -> COCO image id) with the prompts ``prompts_for(path, pixels)`` gives,
     writing COCO results to ``out``. Returns the run's summary (also in ``<out stem>.summary.json``): images,
-    done, resumed, results, ``failed`` [{image, error}], ``skipped`` [{image, what, reason}], ``clipped``."""
+    done, resumed, results, ``failed`` [{image, error}], ``skipped`` [{image, what, reason}], ``clipped``.
+
+    ``map_images(todo)``, when given, yields ``label_one``'s outcome for each image left to do, in any order
+    (``apps.ray_batch``: on Ray actors); by default they are labelled here, one after the other with ``predictor``.
+    The log, resuming, the report and the results file are the same either way."""
     out = Path(out)
     if out.is_dir():
         raise InputError(f"--out {out} is a folder: give the results file to write, e.g. {out / 'results.json'}.")
@@ -187,37 +212,32 @@ def label_images(
                          "clipped": 0}
         todo = [im for im in images if im.name not in done]
         summary["resumed"] = len(images) - len(todo)
-        bar = todo
+        if map_images is None:
+            outcomes = (label_one(predictor, im, ids[im.name], prompts_for, candidates, max_pixels) for im in todo)
+        else:  # e.g. apps.ray_batch: the same label_one on Ray actors, outcomes as they finish
+            outcomes = map_images(todo)
         if len(todo) > 1 and progress is not False:
             from tqdm.auto import tqdm
 
-            bar = tqdm(todo, desc="label", unit="img", file=sys.stderr, disable=None if progress is None else False)
-        for im in bar:
-            try:
-                array = load_image(im, max_pixels=max_pixels)
-                prompts = prompts_for(im, array)
-                if len(prompts):
-                    predictor.set_image(array)
-                records, empty = segment_prompts(predictor, prompts, ids[im.name], candidates)
-            except Exception as e:
-                if isinstance(e, SwiftSamError) and not isinstance(e, InputError):
-                    raise  # the model, engine or installation: every image would fail alike
-                reason = str(e) if isinstance(e, SwiftSamError) else f"{type(e).__name__}: {e}"
+            outcomes = tqdm(outcomes, total=len(todo), desc="label", unit="img", file=sys.stderr,
+                            disable=None if progress is None else False)
+        paths = {im.name: im for im in todo}
+        for outcome in outcomes:
+            im = paths[outcome["image"]]
+            if "error" in outcome:
                 if strict:
-                    raise InputError(f"{im}: {reason} (--strict stops at the first bad image; without it, bad images "
-                                     f"are skipped and reported)") from e
-                summary["failed"].append({"image": im.name, "error": reason})
+                    raise InputError(f"{im}: {outcome['error']} (--strict stops at the first bad image; without it, "
+                                     f"bad images are skipped and reported)")
+                summary["failed"].append({"image": im.name, "error": outcome["error"]})
                 continue
-            problems = prompts.skipped + empty
+            records, problems = outcome["records"], outcome["skipped"]
             if problems and strict:
                 raise InputError(f"{im}: {problems[0]['what']}: {problems[0]['reason']} (--strict)")
-            for rec in records:
-                rec["file_name"] = im.name
-            _append(log, [{"image": im.name, "records": records, "skipped": problems, "clipped": prompts.clipped}])
+            _append(log, [outcome])
             done[im.name] = records
             summary["done"] += 1
             summary["skipped"] += [{"image": im.name, **p} for p in problems]
-            summary["clipped"] += prompts.clipped
+            summary["clipped"] += outcome["clipped"]
         results = [r for im in images if im.name in done for r in done[im.name]]
         summary["results"] = len(results)
         with atomic_path(out) as tmp:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..api import DEFAULT_MODEL
@@ -12,6 +13,9 @@ from ..predictor import Predictor
 from .common import (
     add_device_argument, add_engine_arguments, add_image_arguments, add_input_size_argument, engine_options, load_model,
 )
+
+
+MANIFEST_SUFFIXES = (".txt", ".lst")
 
 
 def _classes(text: str) -> set[int]:
@@ -27,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..apps.keypoints import PARTS
 
     a = sub.add_parser("label", help="detections, a detector or person keypoints -> COCO instance masks")
-    a.add_argument("images", help="an image or a folder of images")
+    a.add_argument("images", help="an image, a folder of images, or a manifest: a .txt file of image paths, one a line")
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--detections", help="a COCO results JSON (image_id, bbox [x, y, w, h], score, category_id) or a "
                                           "folder of YOLO txt files (<image stem>.txt: class cx cy w h [conf])")
@@ -64,6 +68,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--overwrite", action="store_true", help="start again, discarding an earlier run's progress")
     a.add_argument("--strict", action="store_true", help="stop at the first bad image or item (default: skip, report)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
+    r = a.add_argument_group("Ray Data (pip install 'swiftsam[ray]'; README \"On a Ray cluster\")")
+    r.add_argument("--ray", action="store_true",
+                   help="label on Ray actors (each loads the model once; --device cuda: one GPU each); the same "
+                        "results file, progress log and report")
+    r.add_argument("--ray-address", metavar="ADDRESS",
+                   help="--ray: the cluster to join (auto: the one `ray start` made here; HOST:6379; default: start a "
+                        "local Ray)")
+    r.add_argument("--ray-concurrency", type=int, default=1, metavar="N",
+                   help="--ray: how many actors label at once (default 1; e.g. the number of GPUs)")
     add_device_argument(a)
     add_engine_arguments(a)
     add_image_arguments(a)
@@ -78,14 +91,21 @@ def run(args: argparse.Namespace) -> int:
     from ..image_io import list_images
     from ..utils import check_output_file
 
-    images = list_images(args.images)
+    if Path(args.images).suffix.lower() in MANIFEST_SUFFIXES and Path(args.images).is_file():
+        from ..apps.ray_batch import read_manifest
+
+        images = read_manifest(args.images)
+    else:
+        images = list_images(args.images)
     out = check_output_file(args.out)
+    if (args.ray_address or args.ray_concurrency != 1) and not args.ray:
+        raise InputError("--ray-address and --ray-concurrency are for --ray: add --ray, or drop them.")
     if args.evaluate and not args.annotations:
         raise InputError("--evaluate compares with ground truth: give --annotations (the images' COCO JSON).")
     if args.part != "person" and not args.keypoints:
         raise InputError("--part takes body parts from keypoints: use it with --keypoints.")
     ids = image_ids(images, args.annotations)
-    prompt = None
+    prompt = make_prompts = None
     if args.detections:
         dets = load_detections(args.detections, images, ids)
         source = {"detections": str(args.detections)}
@@ -95,6 +115,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.detector:
         detector = get_detector(args.detector, args.text, args.category_id)
         source = {"detector": detector.name, "text": args.text}
+
+        def make_prompts():  # on each Ray actor: a detector of its own
+            own = get_detector(args.detector, args.text, args.category_id)
+
+            def prompts_for(path, array):
+                return box_prompts(own.detect(array).filtered(args.score_thresh, args.classes), array.shape[:2])
+            return prompts_for
 
         def prompts_for(path, array):
             return box_prompts(detector.detect(array).filtered(args.score_thresh, args.classes), array.shape[:2])
@@ -115,14 +142,26 @@ def run(args: argparse.Namespace) -> int:
                       if p.score >= args.score_thresh and (args.classes is None or p.category_id in args.classes)]
             return keypoint_prompts(people, array.shape[:2], prompt, args.part)
     candidates = prompt.candidates if prompt else (args.candidates or "multimask")
-    predictor = Predictor(load_model(args, args.model), engine=args.engine, **engine_options(args))
+    map_images = None
+    if args.ray and not args.onnx_dir:  # the model loads on the actors only
+        from ..zoo import get_entry
+        from .common import input_size_option
+
+        predictor = None
+        args.model = args.model or DEFAULT_MODEL
+        input_size = input_size_option(args, args.model).get("input_size") or get_entry(args.model).spec.input_size
+    else:
+        predictor = Predictor(load_model(args, args.model), engine=args.engine, **engine_options(args))
+        input_size = predictor.model.spec.input_size
+    if args.ray:
+        map_images = _ray_map_images(args, ids, make_prompts or (lambda: prompts_for), candidates)
     settings = settings_of(prompt, model=args.model, checkpoint=str(args.checkpoint) if args.checkpoint else None,
-                           input_size=predictor.model.spec.input_size, candidates=candidates,
+                           input_size=input_size, candidates=candidates,
                            score_thresh=args.score_thresh, classes=sorted(args.classes) if args.classes else None,
                            annotations=str(args.annotations) if args.annotations else None, **source)
     summary = label_images(predictor, images, ids, prompts_for, out, settings, candidates=candidates,
                            overwrite=args.overwrite, progress=False if args.no_progress else None, strict=args.strict,
-                           max_pixels=args.max_pixels)
+                           max_pixels=args.max_pixels, map_images=map_images)
     print(f"{summary['results']} masks on {summary['done'] + summary['resumed']} image(s) "
           f"({summary['resumed']} resumed); wrote {out}")
     _report(summary, summary_path(out))
@@ -131,6 +170,28 @@ def run(args: argparse.Namespace) -> int:
     if summary["failed"] and summary["done"] == 0 and summary["resumed"] == 0:
         return 2
     return 0
+
+
+def _ray_map_images(args: argparse.Namespace, ids: dict[str, int], make_prompts: Callable, candidates: str):
+    """--ray: label_one on Ray Data actors (apps.ray_batch), on the cluster --ray-address names."""
+    import copy
+
+    from ..apps.ray_batch import ray_map_images
+    from ..serve.ray_serve import connect
+
+    device = (args.device or "auto").strip().lower()
+    gpus = 1.0 if device.startswith("cuda") else 0.0
+    remote = copy.copy(args)
+    remote.device = "cuda" if gpus else args.device  # Ray gives each actor its GPU as its cuda:0
+
+    def make_predictor():
+        return Predictor(load_model(remote, remote.model), engine=remote.engine, **engine_options(remote))
+
+    map_images = ray_map_images(make_predictor, make_prompts, ids, candidates=candidates, max_pixels=args.max_pixels,
+                                concurrency=args.ray_concurrency, num_gpus=gpus)
+    n = args.ray_concurrency
+    connect(args.ray_address, need={"GPU": n * gpus} if gpus else {"CPU": n}, what=f"{n} actor(s)")
+    return map_images
 
 
 def _report(summary: dict, path: Path) -> None:

@@ -40,6 +40,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--token", help="bearer token that /v1/* and /metrics require (default: none, an open server); "
                                    "or set SWIFTSAM_TOKEN")
     a.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    r = a.add_argument_group("Ray Serve (pip install 'swiftsam[ray]'; README \"On a Ray cluster\")")
+    r.add_argument("--ray", action="store_true", help="serve the same app as a Ray Serve deployment (replicas on a "
+                                                      "Ray cluster; --device cuda: one GPU per replica)")
+    r.add_argument("--ray-address", metavar="ADDRESS",
+                   help="--ray: the cluster to join (auto: the one `ray start` made here; HOST:6379; default: start a "
+                        "local Ray)")
+    r.add_argument("--replicas", default="1", metavar="N|auto",
+                   help="--ray: number of replicas, or auto: autoscaling between --min-replicas and --max-replicas")
+    r.add_argument("--min-replicas", type=int, default=1, help="--ray --replicas auto: fewest replicas (default 1)")
+    r.add_argument("--max-replicas", type=int, default=4, help="--ray --replicas auto: most replicas (default 4)")
+    r.add_argument("--target-ongoing-requests", type=float, default=8,
+                   help="--ray --replicas auto: requests in flight per replica that autoscaling aims for (default 8)")
     add_device_argument(a)
     add_engine_arguments(a)
     a.set_defaults(fn=run)
@@ -68,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     from ..optional import require
 
     config = config_from_args(args)  # settings checked before the model loads
+    if not args.ray and (args.ray_address or args.replicas != "1"):
+        raise InputError("--ray-address and --replicas are for --ray: add --ray, or drop them.")
+    if args.ray:
+        return run_ray(args, config)
     uvicorn = require("uvicorn", "swiftsam serve")
     from ..predictor import Predictor
     from ..serve.app import create_app
@@ -82,3 +98,41 @@ def run(args: argparse.Namespace) -> int:
           f"{'; bearer token required' if config.token else ''})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def run_ray(args: argparse.Namespace, config) -> int:
+    """``--ray``: ``create_app``'s app on Ray Serve replicas (the model loads on each replica, not here)."""
+    from ..serve import ray_serve
+    from .common import input_size_option
+
+    device = (args.device or "auto").strip().lower()
+    gpus = 1.0 if device.startswith("cuda") else 0.0  # Ray gives each replica its GPU as its cuda:0
+    if args.max_batch is None:
+        config = dataclasses.replace(config, max_batch=8 if gpus else 1)
+    app = ray_serve.deployment(args.model or DEFAULT_MODEL, checkpoint=args.checkpoint,
+                               device="cuda" if gpus else (None if device == "auto" else device), engine=args.engine,
+                               engine_options=engine_options(args), config=config, num_replicas=args.replicas,
+                               gpus_per_replica=gpus, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                               target_ongoing_requests=args.target_ongoing_requests,
+                               **input_size_option(args, args.model))
+    first = max(1, args.min_replicas) if args.replicas == "auto" else int(args.replicas)  # checked by deployment()
+    ray = ray_serve.connect(args.ray_address, need={"GPU": first * gpus} if gpus else {"CPU": first},
+                            what=f"{first} replica(s)")
+    url = ray_serve.start(app, host=args.host, port=args.port)
+    print(f"swiftsam serve --ray: {args.model or DEFAULT_MODEL}, {args.replicas} replica(s) "
+          f"({'1 GPU' if gpus else 'CPU'} each) on Ray {ray.__version__}; {url} (Ctrl-C stops)", flush=True)
+    try:
+        _wait()
+    except KeyboardInterrupt:
+        from ray import serve
+
+        serve.shutdown()
+    return 0
+
+
+def _wait() -> None:
+    """Until Ctrl-C (the replicas run in Ray, not in this process)."""
+    import time
+
+    while True:
+        time.sleep(3600)

@@ -1,0 +1,109 @@
+"""``swiftsam label --ray``: ``label.label_one`` on Ray Data actors, for a folder or a manifest of many images.
+
+Ray Data reads the list of paths left to do, ``map_batches`` hands them to a pool of ``Labeler`` actors (each
+loads the model once; ``num_gpus`` each when the model runs on a GPU; a pool of ``concurrency`` of them) and streams the
+outcomes back as they finish. ``label.label_images`` consumes them (``map_images``): the same progress log, so a
+run resumes after the images it finished (Ray or not), the same report of bad images and the same COCO results
+file as without Ray. ``ray`` is imported only when a run starts (``pip install 'swiftsam[ray]'``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import errors
+from ..errors import InputError, SwiftSamError
+from ..image_io import MaxPixels
+
+
+class Labeler:
+    """One Ray actor: the predictor (``make_predictor()``) and the prompt source (``make_prompts()``) made once,
+    then ``label_one`` per path. Errors every image would meet (model, engine) come back as a ``fatal`` outcome
+    (with the error's class) for the driver to raise, not as a failed Ray task."""
+
+    def __init__(self, make_predictor: Callable[[], Any], make_prompts: Callable[[], Callable], ids: dict[str, int],
+                 candidates: str, max_pixels: MaxPixels) -> None:
+        self.ids, self.candidates, self.max_pixels = ids, candidates, max_pixels
+        self.fatal: dict | None = None
+        try:
+            self.predictor = make_predictor()
+            self.prompts_for = make_prompts()
+        except SwiftSamError as e:  # a bad checkpoint, no GPU: reported on the first batch, raised by the driver
+            self.fatal = {"fatal": str(e), "kind": type(e).__name__}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .label import label_one
+
+        out = []
+        for path in batch["path"]:
+            path = Path(str(path))
+            if self.fatal is not None:
+                out.append(json.dumps({"image": path.name, **self.fatal}))
+                continue
+            try:
+                outcome = label_one(self.predictor, path, self.ids[path.name], self.prompts_for, self.candidates,
+                                    self.max_pixels)
+            except SwiftSamError as e:
+                outcome = {"image": path.name, "fatal": str(e), "kind": type(e).__name__}
+            out.append(json.dumps(outcome))
+        return {"outcome": np.array(out, dtype=object)}
+
+
+def read_manifest(path: str | Path) -> list[Path]:
+    """A manifest: a text file of image paths, one a line (relative ones from the manifest's folder; blank lines
+    and ``#`` comments skipped). Results are keyed by file name, so two paths with one name are refused."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the manifest {path}: {e}; give a text file of image paths, one a line."
+                         ) from None
+    images, seen = [], {}
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line).expanduser()
+        p = p if p.is_absolute() else path.parent / p
+        if p.name in seen:
+            raise InputError(f"{path} line {n}: {p} has the same file name as line {seen[p.name]}; results are keyed "
+                             f"by file name, so give each image a distinct name.")
+        seen[p.name] = n
+        images.append(p)
+    if not images:
+        raise InputError(f"the manifest {path} lists no images: give a text file of image paths, one a line.")
+    return images
+
+
+def ray_map_images(make_predictor: Callable[[], Any], make_prompts: Callable[[], Callable], ids: dict[str, int], *,
+                   candidates: str = "multimask", max_pixels: MaxPixels = "pil", concurrency: int = 1,
+                   num_gpus: float = 0.0) -> Callable[[list[Path]], Iterator[dict]]:
+    """``label_images``' ``map_images`` on the connected Ray cluster (``ray_serve``-free: ``ray.init`` first):
+    ``concurrency`` actors, each with ``num_gpus`` GPUs (0: one CPU each)."""
+    if concurrency < 1:
+        raise InputError(f"--ray-concurrency must be 1 or more actors, got {concurrency}.")
+
+    def run(todo: list[Path]) -> Iterator[dict]:
+        if not todo:
+            return
+        import ray
+
+        ds = ray.data.from_items([{"path": str(p)} for p in todo], override_num_blocks=min(len(todo), 200))
+        ds = ds.map_batches(Labeler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                            num_gpus=num_gpus if num_gpus else None, num_cpus=None if num_gpus else 1,
+                            fn_constructor_kwargs={"make_predictor": make_predictor, "make_prompts": make_prompts,
+                                                   "ids": ids, "candidates": candidates, "max_pixels": max_pixels})
+        for row in ds.iter_rows():
+            outcome = json.loads(row["outcome"])
+            if "fatal" in outcome:
+                kind = getattr(errors, outcome["kind"], SwiftSamError)
+                kind = kind if isinstance(kind, type) and issubclass(kind, SwiftSamError) else SwiftSamError
+                raise kind(outcome["fatal"])
+            yield outcome
+
+    return run
