@@ -284,7 +284,9 @@ def test_streaming_session_equals_offline_predictor(model):
     want.update({f: m for f, _, m in p.propagate_in_video(state, start_frame_idx=6)})
     assert got.keys() == want.keys()
     for k in want:
-        torch.testing.assert_close(got[k], want[k], atol=1e-4, rtol=0, msg=lambda m, k=k: f"frame {k}: {m}")
+        # float rounding only (the padded memory and the decoder's batch layout differ), carried over 7 frames
+        torch.testing.assert_close(got[k], want[k], atol=1e-3, rtol=0, msg=lambda m, k=k: f"frame {k}: {m}")
+        assert bool((((got[k] > 0) == (want[k] > 0)) | (want[k].abs() < 1e-3)).all()), f"frame {k}: masks differ"
     assert (got[6] > 0).any()
 
 

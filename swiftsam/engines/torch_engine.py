@@ -8,7 +8,7 @@ from ..errors import EngineError
 from ..modeling.prompt_decoder import PromptDecoder
 from ..modeling.features import ImageFeatures
 from ..modeling.segmenter import Segmenter
-from ..runtime import PRECISIONS, autocast
+from ..runtime import PRECISIONS, autocast, tune_cpu_allocator
 from .base import Engine
 from .optimize import count_foldable, fold_batch_norms
 
@@ -47,6 +47,8 @@ class TorchEngine(Engine):
             raise EngineError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}.")
         if cuda_graphs and model.device.type != "cuda":
             raise EngineError("cuda_graphs needs the model on a CUDA device (device='cuda').")
+        if model.device.type == "cpu":
+            tune_cpu_allocator()  # large activations reuse heap pages instead of page-faulting every call
         self.dtype = dtype
         self.channels_last = channels_last
         self.compiled = compile

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .common import MLP, LayerNorm2d
 
@@ -13,14 +14,26 @@ def _deconv2x2(tokens: torch.Tensor, deconv: nn.ConvTranspose2d) -> torch.Tensor
     B x 4N x Cout, each input token followed by its four output pixels in the order (dy, dx). Exactly the
     convolution (every output pixel sees one input pixel), without its slow kernel or layout changes."""
     cin, cout = deconv.in_channels, deconv.out_channels
-    weight = deconv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # columns (dy, dx, out)
-    out = tokens @ weight
-    return out.reshape(out.shape[0], -1, cout) + deconv.bias
+    weight = deconv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)  # rows (dy, dx, out)
+    out = F.linear(tokens, weight, deconv.bias.expand(4, cout).reshape(-1))  # bias inside the product (no Tile)
+    return out.reshape(out.shape[0], -1, cout)
 
 
-def upscale_masks(upscaling: nn.Sequential, src: torch.Tensor, h: int, w: int, hyper_in: torch.Tensor) -> torch.Tensor:
+def _token_order(feature: torch.Tensor, h: int, w: int, levels: int) -> torch.Tensor:
+    """A B x C x (h 2^L) x (w 2^L) map in the deconvolutions' pixel order (each coarse pixel of the h x w grid,
+    then its 2x2 children, ``levels`` times): B x (hw 4^L) x C."""
+    b, c = feature.shape[:2]
+    if levels == 1:
+        return feature.reshape(b, c, h, 2, w, 2).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, c)
+    return feature.reshape(b, c, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1).reshape(b, -1, c)
+
+
+def upscale_masks(upscaling: nn.Sequential, src: torch.Tensor, h: int, w: int, hyper_in: torch.Tensor,
+                  skips: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """SAM's ``output_upscaling`` (deconv, LayerNorm2d, act, deconv, act) of the image tokens ``src`` (B x hw x C,
     row-major over the h x w grid) and the hypernetwork product with ``hyper_in`` (B x M x C/8): B x M x 4h x 4w.
+    ``skips``: SAM 2's high-resolution features (stride 4, stride 8), added after the second and the first
+    deconvolution.
 
     Same arithmetic as running the modules on an NCHW map, in a cheaper order: the pixels stay in the order the
     deconvolutions produce them (each coarse pixel, then its 2x2 children, then theirs), the channel reductions
@@ -30,12 +43,21 @@ def upscale_masks(upscaling: nn.Sequential, src: torch.Tensor, h: int, w: int, h
     b = hyper_in.shape[0]
     if not (type(deconv1) is type(deconv2) is nn.ConvTranspose2d and type(norm) is LayerNorm2d):
         # quantized twins (fake-quant layers) keep their own forward: run the modules on the NCHW map
-        x = upscaling(src.transpose(1, 2).reshape(src.shape[0], -1, h, w))
+        x = src.transpose(1, 2).reshape(src.shape[0], -1, h, w)
+        if skips is None:
+            x = upscaling(x)
+        else:
+            x = act2(deconv2(act1(norm(deconv1(x) + skips[1]))) + skips[0])
         x = x.expand(b, -1, -1, -1)
         return (hyper_in @ x.flatten(2)).reshape(b, -1, x.shape[-2], x.shape[-1])
-    x = act1(torch.nn.functional.layer_norm(_deconv2x2(src, deconv1), (norm.weight.shape[0],), norm.weight,
-                                            norm.bias, norm.eps))
-    x = act2(_deconv2x2(x, deconv2))  # B x 16hw x C/8, ordered (y, x, dy1, dx1, dy2, dx2)
+    x = _deconv2x2(src, deconv1)
+    if skips is not None:
+        x = x + _token_order(skips[1], h, w, 1)
+    x = act1(F.layer_norm(x, (norm.weight.shape[0],), norm.weight, norm.bias, norm.eps))
+    x = _deconv2x2(x, deconv2)  # B x 16hw x C/8, ordered (y, x, dy1, dx1, dy2, dx2)
+    if skips is not None:
+        x = x + _token_order(skips[0], h, w, 2)
+    x = act2(x)
     masks = (x @ hyper_in.transpose(1, 2)).expand(b, -1, -1)  # B x 16hw x M
     m = masks.shape[-1]
     masks = masks.reshape(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import InputError
 from .common import MLP, LayerNorm2d
+from .mask_decoder import upscale_masks
 from .transformer import TwoWayTransformer
 
 
@@ -130,31 +131,23 @@ class Sam2MaskDecoder(nn.Module):
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(n_prompts, -1, -1), sparse_prompt_embeddings], dim=1)
 
         src = image_embeddings + dense_prompt_embeddings
-        _, c, h, w = src.shape
+        h, w = src.shape[-2:]
         hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, s]
         mask_tokens_out = hs[:, s + 1 : s + 1 + self.num_mask_tokens]
         b = n_prompts
-        src = src.expand(b, -1, -1).transpose(1, 2).reshape(b, c, h, w)
-
+        skips = None
         if self.use_high_res_features:
             if high_res_features is None or len(high_res_features) != 2:
                 raise InputError(
                     "this SAM 2 mask decoder uses high-resolution features: pass high_res_features="
                     "(stride-4 features after conv_s0, stride-8 features after conv_s1)"
                 )
-            feat_s0, feat_s1 = high_res_features
-            dc1, ln1, act1, dc2, act2 = self.output_upscaling
-            upscaled = act1(ln1(dc1(src) + feat_s1))
-            upscaled = act2(dc2(upscaled) + feat_s0)
-        else:
-            upscaled = self.output_upscaling(src)
-
+            skips = (high_res_features[0], high_res_features[1])
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        masks = upscale_masks(self.output_upscaling, src, h, w, hyper_in, skips)
         iou_pred = self.iou_prediction_head(iou_token_out)
         if self.pred_obj_scores:
             object_score_logits = self.pred_obj_score_head(hs[:, 0])

@@ -83,20 +83,21 @@ class Attention(nn.Module):
         nk, c = k.shape[1], k.shape[2]
         h, d = self.num_heads, self.internal_dim // self.num_heads
         kh = self._heads(self.k_proj(k)) * d ** -0.5  # B x h x Nk x d
+        # scores keys-major (B x h x Nk x Nq): the softmax over the few keys then runs along the long axis
         if project_queries:
             qh = self._heads(self.q_proj(q))  # Bq x h x Nq x d
-            scores = (qh @ kh.transpose(-2, -1)).transpose(1, 2)  # B x Nq x h x Nk
+            scores = kh @ qh.transpose(-2, -1)
         else:
             wq = self.q_proj.weight.reshape(h, d, c)
             keys = (kh @ wq).reshape(b, h * nk, c)  # B x hNk x C: W_q,h^T k_h
-            bias = (kh @ self.q_proj.bias.reshape(h, d, 1)).reshape(b, 1, h * nk)
-            scores = (q @ keys.transpose(1, 2) + bias).reshape(b, -1, h, nk)  # B x Nq x h x Nk
-        nq = scores.shape[1]
-        probs = torch.softmax(scores, dim=-1).reshape(b, nq, h * nk)
+            bias = kh @ self.q_proj.bias.reshape(h, d, 1)  # B x h x Nk x 1: b_q,h . k_h
+            scores = (keys @ q.transpose(1, 2)).reshape(b, h, nk, -1) + bias
+        nq = scores.shape[-1]
+        probs = torch.softmax(scores, dim=2).reshape(b, h * nk, nq)
         vh = self._heads(self.v_proj(v))  # B x h x Nk x d
         wo = self.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)  # h x d x C
         values = (vh @ wo).reshape(b, h * nk, c)  # V_h W_o,h^T, stacked over heads
-        return probs @ values + self.out_proj.bias
+        return probs.transpose(1, 2) @ values + self.out_proj.bias
 
 
 class TwoWayAttentionBlock(nn.Module):
