@@ -395,7 +395,8 @@ def test_track_cli_on_davis_frames(tmp_path, capsys):
         shutil.copy(f, frames / f.name)
     out = tmp_path / "track"
     gt = DAVIS / "Annotations" / "blackswan" / "00000.png"
-    assert main(["track", str(frames), "--mask", str(gt), "--out", str(out)]) == 0
+    # the image-only tracker (swiftsam track's default is the video model, whose frame 0 is the mask resized)
+    assert main(["track", str(frames), "--mask", str(gt), "--out", str(out), "--model", "swiftsam-r18"]) == 0
     summary = json.loads((out / "track.json").read_text())
     assert summary["frames"] == 3
     assert sorted(p.name for p in out.glob("*.png")) == ["00000.png", "00001.png", "00002.png"]

@@ -91,15 +91,16 @@ def test_eval_cli_runs_the_default_model_at_another_input_size(tmp_path, capsys)
 
 
 def test_bundled_weights_and_tracked_tree_stay_small():
-    """The GPU test machine takes a working tree of at most 64 MiB: the bundled weights stay within 40 MiB
-    and the whole tracked tree within 48 MiB (room for carried data beside it)."""
+    """The GPU test machine takes a working tree of at most 64 MiB: the bundled weights stay within 43 MiB
+    (the image model's 38.1 MiB and the video model's memory modules, 4.1 MiB) and the whole tracked tree within
+    48 MiB (room for carried data beside it)."""
     from swiftsam.zoo.bundled import WEIGHTS_DIR
     from swiftsam.zoo.registry import _REGISTRY
 
     shipped = {f for e in _REGISTRY.values() if e.bundled is not None for f in e.bundled.files}
     assert {p.name for p in WEIGHTS_DIR.glob("*.pt")} == shipped  # no stray weight file ships unreferenced
     weights = sum((WEIGHTS_DIR / f).stat().st_size for f in shipped)
-    assert weights <= 40 * 2**20, f"bundled weights are {weights / 2**20:.1f} MiB"
+    assert weights <= 43 * 2**20, f"bundled weights are {weights / 2**20:.1f} MiB"
     root = WEIGHTS_DIR.parents[1]
     if not (root / ".git").exists():
         pytest.skip("not a git checkout")

@@ -6,14 +6,13 @@ import argparse
 from dataclasses import asdict
 from pathlib import Path
 
-from ..api import DEFAULT_MODEL
 from ..errors import InputError
 from ..predictor import Predictor
 from .common import add_device_argument, add_engine_arguments, add_input_size_argument, engine_options, load_model
 
 
 # the model `swiftsam track` uses when --model is not given
-DEFAULT_TRACK_MODEL = DEFAULT_MODEL
+DEFAULT_TRACK_MODEL = "swiftsam-r18-video"  # the project's own video model (docs/models.md, "Video model")
 
 PROMPT_HELP = """prompts: --box x0,y0,x1,y1[@FRAME][#OBJ], --point x,y[,label][@FRAME][#OBJ] (label 1 foreground,
 the default; 0 background), --mask PATH[@FRAME][#OBJ] (non-zero pixels = the object); each repeatable, in video

@@ -20,9 +20,10 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="distil or train a model (distill-encoder, distill-full, train-masks)")
+    t = sub.add_parser("train", help="distil or train a model (distill-encoder, distill-full, train-masks, "
+                                     "train-video)")
     t.add_argument("config", nargs="?", help="YAML settings; flags below override them")
-    t.add_argument("--recipe", choices=["distill-encoder", "distill-full", "train-masks"])
+    t.add_argument("--recipe", choices=["distill-encoder", "distill-full", "train-masks", "train-video"])
     t.add_argument("--student", help="zoo name of the student (e.g. nanosam-r18)")
     t.add_argument("--teacher", help="zoo name of the teacher (e.g. mobilesam); official weights")
     t.add_argument("--images", help="training images: a folder (searched recursively) or COCO's image folder")
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train import load_config, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if _recipe(args) == "train-video":  # the video model's memory modules: settings of their own (train/video.py)
+        return _run_video(args)
     overrides = {k: getattr(args, k) for k in ("recipe", "student", "teacher", "images", "annotations", "val_images",
                                                "val_annotations", "out", "steps", "batch_size", "lr", "amp",
                                                "grad_accum", "teacher_cache", "device")}
@@ -58,4 +61,31 @@ def run(args: argparse.Namespace) -> int:
     if info:
         print(json.dumps({k: info[k] for k in ("final_loss", "eval_at_start", "eval_at_end", "sha256")}, indent=2))
         print(f"model: {Path(config.out) / 'model.pt'}  card: {Path(config.out) / 'MODEL_CARD.md'}", file=sys.stderr)
+    return 0
+
+
+def _recipe(args: argparse.Namespace) -> str | None:
+    if args.recipe or not args.config:
+        return args.recipe
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(args.config).read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # load_config reports it
+    return data.get("recipe") if isinstance(data, dict) else None
+
+
+def _run_video(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..train.video import load_video_config, train_video
+
+    other = [f"--{k.replace('_', '-')}" for k in ("student", "teacher", "images", "annotations", "val_images",
+                                                   "val_annotations", "batch_size", "amp", "grad_accum",
+                                                   "teacher_cache", "device") if getattr(args, k) is not None]
+    if other:
+        raise InputError(f"train-video does not take {', '.join(other)}: its settings are train/video.py's "
+                         "VideoTrainConfig (in the YAML, or --set KEY=VALUE).")
+    overrides = {"out": args.out, "steps": args.steps, "lr": args.lr, **dict(args.set or [])}
+    print(json.dumps(train_video(load_video_config(args.config, overrides)), indent=2))
     return 0

@@ -41,16 +41,19 @@ class TrackerConfig:
     soft_no_obj_ptr: bool = False
     non_overlap_masks_for_mem_enc: bool = False
     memory_temporal_stride_for_eval: int = 1
+    use_obj_ptrs_in_encoder: bool = True  # object pointers as memory tokens (off for swiftsam's own model)
 
 
 @dataclass
 class FrameFeatures:
     """One frame's image features (batch 1): the stride-16 level and its position encoding, the projected
-    stride-4 / stride-8 levels for the decoder."""
+    stride-4 / stride-8 levels for the decoder (none for a one-level decoder), and for models whose decoder attends
+    to another grid than the memory's (swiftsam's own, ``OwnVideoSam``) the decoder's embedding."""
 
     vision: torch.Tensor  # 1 x C x h x w
     pos: torch.Tensor  # 1 x C x h x w
-    high_res: list[torch.Tensor]  # [1 x C/8 x 4h x 4w, 1 x C/4 x 2h x 2w]
+    high_res: list[torch.Tensor]  # [1 x C/8 x 4h x 4w, 1 x C/4 x 2h x 2w], or []
+    embed: torch.Tensor | None = None  # 1 x C x H x W: the decoder's input grid, when it is not the memory's
 
 
 @dataclass
@@ -135,9 +138,13 @@ class Sam2Tracker:
     # -- image features ---------------------------------------------------------------------------------------
     def backbone(self, image: torch.Tensor) -> FrameFeatures:
         """SAM2Base.forward_image of one preprocessed frame (1 x 3 x S x S)."""
-        out = self.model.forward_backbone(image.to(self.device))
+        return self.features_from(self.model.forward_backbone(image.to(self.device)))
+
+    @staticmethod
+    def features_from(out: dict) -> FrameFeatures:
+        """FrameFeatures of a ``forward_backbone`` result (every level but the last is a high-res level)."""
         fpn, pos = out["backbone_fpn"], out["vision_pos_enc"]
-        return FrameFeatures(vision=fpn[-1], pos=pos[-1], high_res=[fpn[0], fpn[1]])
+        return FrameFeatures(vision=fpn[-1], pos=pos[-1], high_res=list(fpn[:-1]), embed=out.get("decoder_embed"))
 
     # -- memory ------------------------------------------------------------------------------------------------
     def memory_pos(self, h: int, w: int) -> torch.Tensor:
@@ -171,6 +178,8 @@ class Sam2Tracker:
             out = non_cond.get(prev, unselected.get(prev))
             if out is not None:
                 spec.spatial.append((t_pos, out.maskmem_features))
+        if not c.use_obj_ptrs_in_encoder:
+            return spec
         max_ptrs = c.max_obj_ptrs_in_encoder if num_frames is None else min(num_frames, c.max_obj_ptrs_in_encoder)
         sign = -1 if reverse else 1
         for t, out in selected.items():
@@ -248,8 +257,12 @@ class Sam2Tracker:
         return out.permute(1, 2, 0).reshape(b, c, h, w)
 
     def condition(self, feats: FrameFeatures, specs: list[MemorySpec] | None, batch: int = 1) -> torch.Tensor:
-        """Memory-conditioned features (B x C x h x w); ``specs`` None: an initial conditioning frame
-        (``no_mem_embed`` added, no memory)."""
+        """The decoder's input on a prompted frame (B x C x h x w): memory-conditioned features; ``specs`` None:
+        an initial conditioning frame (``no_mem_embed`` added, no memory). A model whose decoder has a grid of its
+        own (``FrameFeatures.embed``, swiftsam's own) takes its embedding, as its image model does: its memory
+        serves the tracked frames (``track``)."""
+        if feats.embed is not None:
+            return self.decoder_image(feats, batch if specs is None else len(specs))
         if specs is None:
             if not self.config.directly_add_no_mem_embed:
                 raise InputError("only directly_add_no_mem_embed=True (SAM 2.1's setting) is supported")
@@ -258,6 +271,56 @@ class Sam2Tracker:
         _, _, h, w = feats.vision.shape
         memory, memory_pos, mask, n_ptr = self.pack(specs, h, w)
         return self.attend(feats, memory, memory_pos, mask, n_ptr)
+
+    def track(self, feats: FrameFeatures, specs: list[MemorySpec], multimask: bool) -> HeadsOutput:
+        """A tracked frame (no prompt) of B objects from their memories: memory attention, then the heads."""
+        _, _, h, w = feats.vision.shape
+        memory, memory_pos, mask, n_ptr = self.pack(specs, h, w)
+        return self.tracked_heads(feats, self.attend(feats, memory, memory_pos, mask, n_ptr), multimask)
+
+    def tracked_heads(self, feats: FrameFeatures, attended: torch.Tensor, multimask: bool) -> HeadsOutput:
+        """The heads of a tracked frame from its memory-attended features (B x C x h x w). SAM 2: the decoder on
+        them, no prompt. A model with its own decoder grid (``OwnVideoSam``): they predict the object's mask
+        (``memory_prior``), which prompts the decoder on the embedding as mask input and box; an empty
+        prediction is an absent object. Its ``high_res_masks`` (what the memory encoder encodes) are that
+        prediction, as in training (the decoder's masks overshoot the object, and encoding them into the memory
+        let the overshoot grow frame after frame: on DAVIS dog, J fell from 0.71 to 0.25 in 11 frames, against
+        0.71 to 0.35 with the prediction encoded); the low-res masks (the result) are the decoder's."""
+        if feats.embed is None:
+            return self.heads(attended, feats, multimask=multimask)
+        m = self.model
+        b = attended.shape[0]
+        prior = m.memory_prior(attended).float()
+        prior_high = F.interpolate(prior, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=False)
+        fg = prior_high[:, 0] > 0
+        present = fg.flatten(1).any(dim=1)
+        rows, cols = fg.any(dim=2), fg.any(dim=1)  # B x S (over x), B x S (over y)
+        idx = torch.arange(self.image_size, device=prior.device, dtype=torch.float32)
+        big = float(self.image_size)
+
+        def lo_hi(hit):
+            lo = torch.where(hit, idx, big).min(dim=1).values
+            hi = torch.where(hit, idx, -1.0).max(dim=1).values + 1
+            return torch.where(present, lo, 0.0), torch.where(present, hi, big)
+
+        x0, x1 = lo_hi(rows)
+        y0, y1 = lo_hi(cols)
+        coords = torch.stack([torch.stack([x0, y0], -1), torch.stack([x1, y1], -1)], dim=1)  # B x 2 x 2
+        labels = torch.tensor([[2, 3]], dtype=torch.int32, device=prior.device).expand(b, -1)
+        mask_in = prior.clamp(-m.prior_clamp, m.prior_clamp)
+        out = self.heads(self.decoder_image(feats, b), feats, coords, labels, mask_inputs=mask_in, multimask=multimask)
+        scores = torch.where(present, 10.0, -10.0)[:, None].to(out.object_score_logits.dtype)
+        gate = present[:, None, None, None]
+        lam = present[:, None].float()
+        return HeadsOutput(torch.where(gate, out.low_res_masks, NO_OBJ_SCORE),
+                           torch.where(gate, prior_high, NO_OBJ_SCORE),
+                           lam * out.obj_ptr + (1 - lam) * m.no_obj_ptr, scores)
+
+    def decoder_image(self, feats: FrameFeatures, batch: int) -> torch.Tensor:
+        """The frame's features without memory or ``no_mem_embed`` at the decoder's grid (B x C x ...)."""
+        x = feats.vision if feats.embed is None else feats.embed
+        return x.expand(batch, -1, -1, -1)
 
     # -- heads -------------------------------------------------------------------------------------------------
     def use_multimask(self, is_init_cond_frame: bool, num_points: int) -> bool:
@@ -269,15 +332,23 @@ class Sam2Tracker:
         """sam2's prompt encoding of points whose labels may be 2 / 3 (a box's corners, as SAM 2 gives boxes):
         the points padded with one "not a point", each with its label's embedding."""
         pe = self.model.sam_prompt_encoder
+        if not self.model.contract.box_as_points and bool((labels >= 2).any()):
+            # SAM 1's prompt format (swiftsam's own model): a box's corners end the prompt, no padding point
+            sparse = pe.embed_points(coords, labels, pad=False)
+            sparse = sparse + (labels[..., None] == 2) * pe.point_embeddings[2].weight
+            sparse = sparse + (labels[..., None] == 3) * pe.point_embeddings[3].weight
+            return sparse, self._dense(pe, coords.shape[0], mask_inputs)
         padded = torch.cat([labels, -labels.new_ones(labels.shape[0], 1)], dim=1)[..., None]
         sparse = pe.embed_points(coords, labels, pad=True)
         sparse = sparse + (padded == 2) * pe.point_embeddings[2].weight + (padded == 3) * pe.point_embeddings[3].weight
+        return sparse, self._dense(pe, coords.shape[0], mask_inputs)
+
+    @staticmethod
+    def _dense(pe, batch: int, mask_inputs):
         if mask_inputs is not None:
-            dense = pe.embed_masks(mask_inputs)
-        else:
-            h, w = pe.image_embedding_size
-            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(coords.shape[0], -1, h, w)
-        return sparse, dense
+            return pe.embed_masks(mask_inputs)
+        h, w = pe.image_embedding_size
+        return pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
 
     def heads(self, pix: torch.Tensor, feats: FrameFeatures, coords: torch.Tensor | None = None,
               labels: torch.Tensor | None = None, mask_inputs: torch.Tensor | None = None,
@@ -297,7 +368,7 @@ class Sam2Tracker:
         low_multi, ious, tokens, obj_scores = m.sam_mask_decoder(
             image_embeddings=pix, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, multimask_output=multimask, repeat_image=False,
-            high_res_features=feats.high_res,
+            high_res_features=feats.high_res or None,
         )
         appearing = obj_scores > 0
         low_multi = torch.where(appearing[:, None, None], low_multi, NO_OBJ_SCORE).float()
@@ -328,8 +399,10 @@ class Sam2Tracker:
         low = F.interpolate(high, size=(high.shape[-2] // 4, high.shape[-1] // 4), mode="bilinear",
                             align_corners=False, antialias=True)
         b = x.shape[0]
-        ptr = self.heads(feats.vision.expand(b, -1, -1, -1), feats, mask_inputs=m.mask_downsample(x)).obj_ptr
         lam = torch.any(x.flatten(1) > 0.0, dim=1)[:, None].float()
+        if not self.config.use_obj_ptrs_in_encoder:  # no pointer to make: the decoder need not run
+            return HeadsOutput(low, high, m.no_obj_ptr.expand(b, -1) + 0.0, 20.0 * lam - 10.0)
+        ptr = self.heads(self.decoder_image(feats, b), feats, mask_inputs=m.mask_downsample(x)).obj_ptr
         scores = 20.0 * lam - 10.0
         if self.config.fixed_no_obj_ptr:
             ptr = lam * ptr
@@ -338,8 +411,9 @@ class Sam2Tracker:
 
     # -- memory encoder ----------------------------------------------------------------------------------------
     def encode_memory(self, feats: FrameFeatures, high_res_masks: torch.Tensor, object_score_logits: torch.Tensor,
-                      is_mask_from_pts: bool) -> torch.Tensor:
-        """SAM2Base._encode_new_memory for B objects: B x mem_dim x h x w, stored as bfloat16 (as sam2 stores it)."""
+                      is_mask_from_pts: bool, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """SAM2Base._encode_new_memory for B objects: B x mem_dim x h x w, stored as bfloat16 (as sam2 stores it;
+        ``dtype`` another, e.g. float32 for training)."""
         m, c = self.model, self.config
         masks = high_res_masks
         if c.non_overlap_masks_for_mem_enc:
@@ -354,7 +428,7 @@ class Sam2Tracker:
                                                skip_mask_sigmoid=True)
         absent = 1 - (object_score_logits > 0).float()
         feats_mem = feats_mem + absent[..., None, None] * m.no_obj_embed_spatial[..., None, None]
-        return feats_mem.to(torch.bfloat16)
+        return feats_mem.to(dtype)
 
 
 def non_overlapping(masks: torch.Tensor) -> torch.Tensor:

@@ -86,7 +86,7 @@ class VideoState:
                     for t in (out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem_features):
                         add(t)
         for f in self._features.values():
-            for t in (f.vision, f.pos, *f.high_res):
+            for t in (f.vision, f.pos, *f.high_res, f.embed):
                 add(t)
         return total
 
@@ -115,7 +115,7 @@ class VideoPredictor:
     def __init__(self, model, *, non_overlap_masks: bool = False, add_all_frames_to_correct_as_cond: bool = False,
                  max_batch: int | str | None = "auto", **config) -> None:
         try:
-            cfg = TrackerConfig(**config)
+            cfg = TrackerConfig(**{**getattr(model, "video_defaults", {}), **config})
         except TypeError as e:
             raise InputError(f"unknown VideoPredictor option: {e}") from e
         self.tracker = Sam2Tracker(model, cfg)
@@ -228,6 +228,8 @@ class VideoPredictor:
         is_init, reverse, is_cond = self._prompt_frame(state, obj, frame_idx)
         prev = obj.latest(frame_idx, is_cond)
         prev_logits = None if prev is None else torch.clamp(prev.pred_masks.to(self.device), -32.0, 32.0)
+        if prev_logits is None and box is not None and getattr(self.model.contract, "box_mask_prior", False):
+            prev_logits = self._box_prior(pts, lab)
 
         feats = self._features(state, frame_idx)
         pix = self._conditioned(state, obj, frame_idx, feats, is_init, reverse)
@@ -237,6 +239,15 @@ class VideoPredictor:
         return frame_idx, state.obj_ids, self._consolidated(state, frame_idx, is_cond)
 
     add_new_points = add_new_points_or_box
+
+    def _box_prior(self, pts: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        """A box prompt (corner labels 2 / 3) as the box-shaped mask input that models trained with the box mask
+        prior (swiftsam's own) receive with every box (``prompts.box_prior_logits``): 1 x 1 x mask-input size."""
+        from ..prompts import box_prior_logits
+
+        corners = pts[0][(lab[0] == 2) | (lab[0] == 3)]
+        box = torch.cat([corners.min(dim=0).values, corners.max(dim=0).values])[None]
+        return box_prior_logits(box, self.image_size, tuple(self.model.contract.mask_input_size)).to(self.device)
 
     @torch.inference_mode()
     def add_new_mask(self, state: VideoState, frame_idx: int, obj_id, mask):
@@ -375,8 +386,7 @@ class VideoPredictor:
     def track_batch(self, feats: FrameFeatures, specs) -> list[ObjectOutput]:
         """One tracking step of B objects on a frame: memory attention, decoder, memory encoder, all batched."""
         t = self.tracker
-        pix = t.condition(feats, specs)
-        h = t.heads(pix, feats, multimask=t.use_multimask(False, 0))
+        h = t.track(feats, specs, multimask=t.use_multimask(False, 0))
         mem = t.encode_memory(feats, h.high_res_masks, h.object_score_logits, is_mask_from_pts=False)
         return [ObjectOutput(h.low_res_masks[i : i + 1].clone(), h.obj_ptr[i : i + 1].clone(),
                              h.object_score_logits[i : i + 1].clone(), mem[i : i + 1].clone())

@@ -260,6 +260,8 @@ class StreamingSession:
             dists = torch.cat([t - o.cond_ptr.frame, t - o.recent_ptr.frame])
             ptr_ok = torch.cat([o.cond_ptr.valid & (o.cond_ptr.frame <= t),
                                 o.recent_ptr.valid & (dists[k:] >= 1) & (dists[k:] <= self.n_ptr)])
+            if not tr.config.use_obj_ptrs_in_encoder:  # swiftsam's own model: spatial memories only
+                ptr_ok = torch.zeros_like(ptr_ok)
             tok, tok_pos = tr.pointer_tokens(ptrs, dists, max(self.n_ptr, 1))
             mems.append(torch.cat([spatial, tok]))
             poss.append(torch.cat([spatial_pos, tok_pos]))
@@ -268,7 +270,7 @@ class StreamingSession:
         return torch.stack(mems, dim=1), torch.stack(poss, dim=1), torch.stack(masks), n_ptr_tokens
 
     def _conditioned(self, obj: _StreamObject, is_init: bool) -> torch.Tensor:
-        if is_init:
+        if is_init or self._feats.embed is not None:  # a decoder grid of its own: prompts go to the embedding
             return self.tracker.condition(self._feats, None)
         memory, pos, mask, n_ptr = self._memory([obj], self.frame_idx)
         return self.tracker.attend(self._feats, memory, pos, mask, n_ptr)
@@ -287,7 +289,7 @@ class StreamingSession:
         tr = self.tracker
         memory, pos, mask, n_ptr = self._memory(objs, self.frame_idx)
         pix = tr.attend(self._feats, memory, pos, mask, n_ptr)
-        h = tr.heads(pix, self._feats, multimask=tr.use_multimask(False, 0))
+        h = tr.tracked_heads(self._feats, pix, multimask=tr.use_multimask(False, 0))
         mem = tr.encode_memory(self._feats, h.high_res_masks, h.object_score_logits, is_mask_from_pts=False)
         for i, o in enumerate(objs):
             o.current = ObjectOutput(h.low_res_masks[i : i + 1], h.obj_ptr[i : i + 1],

@@ -16,7 +16,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
 def read_bundled(bundled: Bundled, folder: Path = WEIGHTS_DIR) -> dict[str, torch.Tensor]:
-    """The union of the bundled files' state dicts, each file checked against its sha256, as float32."""
+    """The union of the bundled files' state dicts (keys renamed as ``bundled.rename`` says), each file checked
+    against its sha256, as float32."""
     state: dict[str, torch.Tensor] = {}
     for name, expected in zip(bundled.files, bundled.sha256):
         path = folder / name
@@ -28,6 +29,8 @@ def read_bundled(bundled: Bundled, folder: Path = WEIGHTS_DIR) -> dict[str, torc
             raise CheckpointError(f"bundled weights {path} are damaged (sha256 {got[:12]}..., expected "
                                   f"{expected[:12]}...); reinstall swiftsam.")
         part = read_state_dict(path)
+        for old, new in bundled.rename:
+            part = {new + k[len(old):] if k.startswith(old) else k: v for k, v in part.items()}
         clash = part.keys() & state.keys()
         if clash:
             raise CheckpointError(f"bundled files overlap on {sorted(clash)[:3]}")

@@ -13,7 +13,7 @@ from ..modeling.encoders import (
 )
 from ..modeling.sam import ImageSpec, Sam, build_sam
 from ..modeling.nanosam2 import build_nanosam2
-from ..modeling.sam2 import build_sam2, sam2_image_spec
+from ..modeling.sam2 import build_own_video_sam, build_sam2, sam2_image_spec
 from .registry import Bundled, ModelEntry, Weights, register
 
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -209,6 +209,23 @@ register(ModelEntry(
     weights_note="its weights do not ship with the package: restore them with `python scripts/restore_teacher.py "
                  "--out swiftsam-r34.pt` (from the git history) or retrain them with `swiftsam train "
                  "benchmarks/configs/swiftsam-teacher.yaml`, then pass checkpoint=swiftsam-r34.pt",
+))
+# The project's own video model (docs/models.md, "Video model"): swiftsam-r18's files as they are (its decoder file
+# under SAM 2's module names) plus the memory modules trained by `swiftsam train
+# benchmarks/configs/swiftsam-r18-video.yaml` (train-video; swiftsam.train.video.write_memory_weights).
+_VIDEO_FILE = "swiftsam-r18-video-memory.fp16.pt"
+_VIDEO_SHA = "3e6042ea387b11f9c7d5daf565721fdf4acdcedb89cf22213ae3d16d60219920"
+register(ModelEntry(
+    name="swiftsam-r18-video",
+    family="swiftsam",
+    builder=lambda input_size=256: build_own_video_sam(input_size),
+    spec=ImageSpec(input_size=256),
+    description="swiftsam's own video model: swiftsam-r18 + SAM 2-style memory trained on open clips (bundled; "
+                "the default of swiftsam track)",
+    bundled=Bundled(_STUDENT_FILES + (_VIDEO_FILE,), tuple(_OWN_SHA[f] for f in _STUDENT_FILES) + (_VIDEO_SHA,),
+                    rename=(("prompt_encoder.", "sam_prompt_encoder."), ("mask_decoder.", "sam_mask_decoder."))),
+    box_mask_prior=True,
+    aliases=("swiftsam-video",),
 ))
 
 

@@ -32,6 +32,9 @@ class Bundled:
 
     files: tuple[str, ...]
     sha256: tuple[str, ...]
+    # (prefix in the files, prefix in the model): a model that reuses another's files under other module names
+    # (swiftsam-r18-video keeps the image model's decoder file: mask_decoder.* -> sam_mask_decoder.*)
+    rename: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.files) != len(self.sha256):
