@@ -204,3 +204,52 @@ def test_deployment_options_one_gpu_per_replica_and_autoscaling():
     assert "num_replicas" not in auto
     assert auto["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 8, "initial_replicas": 2,
                                           "target_ongoing_requests": 4}
+
+
+def _everything(source, out, *extra) -> int:
+    return main(["everything", str(source), "--out", str(out), *MODEL, "--points-per-side", "4", *extra])
+
+
+def test_everything_ray_matches_plain_and_resumes(local_ray, coco4, tmp_path, capsys):
+    """``everything --ray``: the plain run's per-image results (masks equal but for float rounding), one merged
+    summary of the run, and a second run skips every image."""
+    from pycocotools import mask as mask_utils
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in coco4[0][:3]:
+        (src / p.name).symlink_to(p)
+    plain, out = tmp_path / "plain", tmp_path / "ray"
+    assert _everything(src, plain) == 0
+    capsys.readouterr()
+    assert _everything(src, out, "--ray") == 0
+    assert "3 image(s) segmented, 0 already done" in capsys.readouterr().out
+    summary = json.loads((out / "everything.summary.json").read_text())
+    assert summary["images"] == 3 and summary["done"] == 3 and summary["skipped"] == 0
+    assert summary == json.loads((plain / "everything.summary.json").read_text())
+    n = 0
+    for p in sorted(src.iterdir()):
+        a = json.loads((out / f"{p.stem}.json").read_text())
+        b = json.loads((plain / f"{p.stem}.json").read_text())
+        assert a["image"] == b["image"] == p.name and (out / f"{p.stem}.png").exists()
+        assert len(a["annotations"]) == len(b["annotations"])
+        for ra, rb in zip(a["annotations"], b["annotations"]):
+            ma, mb = mask_utils.decode(ra["segmentation"]), mask_utils.decode(rb["segmentation"])
+            assert ma.shape == mb.shape
+            assert (ma != mb).sum() <= max(2, 0.002 * ma.sum())
+            assert ra["predicted_iou"] == pytest.approx(rb["predicted_iou"], abs=1e-3)
+            n += 1
+    assert n > 0  # something to compare
+    # a second run: all three already done (the results of the first, and the merged summary again)
+    assert _everything(src, out, "--ray") == 0
+    assert "0 image(s) segmented, 3 already done" in capsys.readouterr().out
+    summary = json.loads((out / "everything.summary.json").read_text())
+    assert summary["images"] == 3 and summary["skipped"] == 3 and summary["done"] == 0
+
+
+def test_everything_ray_options_checked(local_ray, coco4, tmp_path, capsys):
+    image = coco4[0][0]
+    assert _everything(image, tmp_path / "o", "--ray", "--ray-concurrency", "0") == 2
+    assert "--ray-concurrency must be 1 or more" in capsys.readouterr().err
+    assert _everything(image, tmp_path / "o", "--ray-concurrency", "2") == 2
+    assert "add --ray" in capsys.readouterr().err

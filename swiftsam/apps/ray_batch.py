@@ -4,7 +4,9 @@ Ray Data reads the list of paths left to do, ``map_batches`` hands them to a poo
 loads the model once; ``num_gpus`` each when the model runs on a GPU; a pool of ``concurrency`` of them) and streams the
 outcomes back as they finish. ``label.label_images`` consumes them (``map_images``): the same progress log, so a
 run resumes after the images it finished (Ray or not), the same report of bad images and the same COCO results
-file as without Ray. ``ray`` is imported only when a run starts (``pip install 'swiftsam[ray]'``).
+file as without Ray. ``swiftsam everything --ray`` likewise (``ray_everything``: ``EverythingWorker`` actors run
+``run_everything`` per image in one shared output folder). ``ray`` is imported only when a run starts
+(``pip install 'swiftsam[ray]'``).
 """
 
 from __future__ import annotations
@@ -85,8 +87,7 @@ def ray_map_images(make_predictor: Callable[[], Any], make_prompts: Callable[[],
                    num_gpus: float = 0.0) -> Callable[[list[Path]], Iterator[dict]]:
     """``label_images``' ``map_images`` on the connected Ray cluster (``ray_serve``-free: ``ray.init`` first):
     ``concurrency`` actors, each with ``num_gpus`` GPUs (0: one CPU each)."""
-    if concurrency < 1:
-        raise InputError(f"--ray-concurrency must be 1 or more actors, got {concurrency}.")
+    check_concurrency(concurrency)
 
     def run(todo: list[Path]) -> Iterator[dict]:
         if not todo:
@@ -101,9 +102,100 @@ def ray_map_images(make_predictor: Callable[[], Any], make_prompts: Callable[[],
         for row in ds.iter_rows():
             outcome = json.loads(row["outcome"])
             if "fatal" in outcome:
-                kind = getattr(errors, outcome["kind"], SwiftSamError)
-                kind = kind if isinstance(kind, type) and issubclass(kind, SwiftSamError) else SwiftSamError
-                raise kind(outcome["fatal"])
+                _raise_fatal(outcome)
             yield outcome
 
     return run
+
+
+def _raise_fatal(outcome: dict) -> None:
+    """An actor's ``fatal`` outcome (an error every image would meet) raised on the driver as its own class."""
+    kind = getattr(errors, outcome["kind"], SwiftSamError)
+    kind = kind if isinstance(kind, type) and issubclass(kind, SwiftSamError) else SwiftSamError
+    raise kind(outcome["fatal"])
+
+
+class EverythingWorker:
+    """One Ray actor of ``swiftsam everything --ray``: the mask generator and its recorded settings
+    (``make_generator()`` -> ``(generator, settings)``) made once, then ``run_everything`` per image path (it locks
+    the image, writes atomically and skips images done, so actors share ``out``); each image's summary comes back."""
+
+    def __init__(self, make_generator: Callable[[], tuple[Any, dict]], out: str, boxes: dict | None,
+                 options: dict) -> None:
+        self.out, self.boxes, self.options = out, boxes, options
+        self.fatal: dict | None = None
+        try:
+            self.generator, self.settings = make_generator()
+        except SwiftSamError as e:
+            self.fatal = {"fatal": str(e), "kind": type(e).__name__}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..everything.runner import run_everything
+
+        out = []
+        for path in batch["path"]:
+            path = Path(str(path))
+            if self.fatal is not None:
+                out.append(json.dumps({"image": path.name, **self.fatal}))
+                continue
+            try:
+                summary = run_everything(self.generator, path, self.out, self.settings,
+                                         boxes=None if self.boxes is None else {path: self.boxes[path]},
+                                         progress=False, **self.options)
+            except SwiftSamError as e:  # the model, the settings of --out, or --strict's first failed image
+                summary = {"image": path.name, "fatal": str(e), "kind": type(e).__name__}
+            out.append(json.dumps(summary))
+        return {"outcome": np.array(out, dtype=object)}
+
+
+def merge_everything_summaries(parts: list[dict], images: int) -> dict:
+    """One run's summary from its per-image ``run_everything`` summaries: counts added, lists joined."""
+    from ..everything.runner import SUMMARY_FORMAT
+
+    merged: dict = {"format": SUMMARY_FORMAT, "images": images, "done": 0, "skipped": 0, "failed": [], "empty": [],
+                    "busy": [], "redone": [], "boxes_clipped": 0, "boxes_dropped": []}
+    for part in parts:
+        for key in ("done", "skipped", "boxes_clipped"):
+            merged[key] += part.get(key, 0)
+        for key in ("failed", "empty", "busy", "redone", "boxes_dropped"):
+            merged[key] += part.get(key, [])
+    return merged
+
+
+def check_concurrency(concurrency: int) -> None:
+    if concurrency < 1:
+        raise InputError(f"--ray-concurrency must be 1 or more actors, got {concurrency}.")
+
+
+def ray_everything(make_generator: Callable[[], tuple[Any, dict]], images: list[Path], out: str | Path, *,
+                   boxes: dict | None = None, overwrite: bool = False, strict: bool = False,
+                   max_pixels: MaxPixels = "pil", concurrency: int = 1, num_gpus: float = 0.0) -> dict:
+    """``run_everything`` over ``images`` on ``concurrency`` Ray Data actors (``EverythingWorker``; ``num_gpus``
+    each, 0: one CPU each) of the connected cluster (``ray.init`` first). Returns the merged summary, written once
+    to ``out/everything.summary.json`` (atomically) after the last image, over the actors' per-image ones."""
+    from ..everything.runner import SUMMARY_NAME
+    from ..utils import atomic_path
+
+    check_concurrency(concurrency)
+    stems = [im.stem for im in images]
+    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    if dupes:
+        raise InputError(f"images share a name stem ({', '.join(dupes[:5])}): outputs would overwrite each other.")
+    import ray
+
+    ds = ray.data.from_items([{"path": str(p)} for p in images], override_num_blocks=min(len(images), 200))
+    ds = ds.map_batches(EverythingWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                        num_gpus=num_gpus if num_gpus else None, num_cpus=None if num_gpus else 1,
+                        fn_constructor_kwargs={"make_generator": make_generator, "out": str(out), "boxes": boxes,
+                                               "options": {"overwrite": overwrite, "strict": strict,
+                                                           "max_pixels": max_pixels}})
+    parts = []
+    for row in ds.iter_rows():
+        part = json.loads(row["outcome"])
+        if "fatal" in part:
+            _raise_fatal(part)
+        parts.append(part)
+    summary = merge_everything_summaries(parts, len(images))
+    with atomic_path(Path(out) / SUMMARY_NAME) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return summary

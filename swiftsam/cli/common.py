@@ -125,6 +125,24 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx-dir", help="graphs written by `swiftsam export` instead of exporting on first use")
 
 
+def add_ray_arguments(p: argparse.ArgumentParser, verb: str, same: str) -> None:
+    """--ray, --ray-address, --ray-concurrency (``label``, ``everything``): ``verb`` says what the actors do, ``same``
+    what stays as without Ray. ``check_ray_arguments`` refuses the last two without --ray."""
+    r = p.add_argument_group("Ray Data (pip install 'swiftsam[ray]'; README \"On a Ray cluster\")")
+    r.add_argument("--ray", action="store_true",
+                   help=f"{verb} on Ray actors (each loads the model once; --device cuda: one GPU each); {same}")
+    r.add_argument("--ray-address", metavar="ADDRESS",
+                   help="--ray: the cluster to join (auto: the one `ray start` made here; HOST:6379; default: start a "
+                        "local Ray)")
+    r.add_argument("--ray-concurrency", type=int, default=1, metavar="N",
+                   help=f"--ray: how many actors {verb} at once (default 1; e.g. the number of GPUs)")
+
+
+def check_ray_arguments(args: argparse.Namespace) -> None:
+    if (args.ray_address or args.ray_concurrency != 1) and not args.ray:
+        raise InputError("--ray-address and --ray-concurrency are for --ray: add --ray, or drop them.")
+
+
 def engine_options(args: argparse.Namespace) -> dict:
     """--dtype / --threads / --onnx-dir, for the engines that take them."""
     options = {}

@@ -10,7 +10,8 @@ from ..api import DEFAULT_MODEL
 from ..errors import InputError
 from ..predictor import Predictor
 from .common import (
-    add_device_argument, add_engine_arguments, add_image_arguments, add_input_size_argument, engine_options, load_model,
+    add_device_argument, add_engine_arguments, add_image_arguments, add_input_size_argument, add_ray_arguments,
+    check_ray_arguments, engine_options, load_model,
 )
 
 
@@ -44,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--strict", action="store_true",
                    help="stop at the first image that fails (default: skip it, go on, and report it at the end)")
     a.add_argument("--no-progress", action="store_true", help="no progress bars (they show on a terminal only)")
+    add_ray_arguments(a, "segment", "the same outputs, resume and report")
     add_engine_arguments(a)
     add_device_argument(a)
     add_image_arguments(a)
@@ -51,9 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..everything import SAM_DEFAULTS, MaskGenerator
     from ..everything.runner import list_images, load_box_prompts, run_everything
 
+    check_ray_arguments(args)
     images = list_images(args.source)
     boxes = None
     if args.strategy == "boxes":
@@ -62,6 +64,22 @@ def run(args: argparse.Namespace) -> int:
         boxes = load_box_prompts(args.boxes, images, args.annotations, args.box_score_thresh)
     elif args.boxes:
         raise InputError("--boxes is for --strategy boxes.")
+    progress = False if args.no_progress else None  # None: bars on a terminal only
+    if args.ray:
+        summary = _ray_everything(args, images, boxes)
+        return _everything_report(summary, args.out)
+    generator, settings = build_generator(args, progress=progress if len(images) == 1 else False)
+    summary = run_everything(generator, args.source, args.out, settings, boxes=boxes, overwrite=args.overwrite,
+                             max_pixels=args.max_pixels, progress=progress, strict=args.strict,
+                             on_image=lambda im, n: print(f"{im.name}: {n} masks") if len(images) == 1 else None)
+    return _everything_report(summary, args.out)
+
+
+def build_generator(args: argparse.Namespace, progress: bool | None = False):
+    """The one home of the command's predictor and MaskGenerator (the plain run's and each Ray actor's), with the
+    settings recorded in --out (the values in effect: the model's calibrated defaults resolved)."""
+    from ..everything import SAM_DEFAULTS, MaskGenerator
+
     predictor = Predictor(load_model(args, args.model),
                           engine=args.engine, **engine_options(args))
     params = dict(  # None: the model's calibrated default (MaskGenerator resolves it)
@@ -71,16 +89,33 @@ def run(args: argparse.Namespace) -> int:
         crop_n_layers=args.crop_n_layers, min_mask_region_area=args.min_mask_region_area, strategy=args.strategy,
         high_score_thresh=args.high_score_thresh,
     )
-    progress = False if args.no_progress else None  # None: bars on a terminal only
-    generator = MaskGenerator(predictor, output_mode="coco_rle", progress=progress if len(images) == 1 else False,
-                              **params)
+    generator = MaskGenerator(predictor, output_mode="coco_rle", progress=progress, **params)
     params.update({k: getattr(generator, k) for k in SAM_DEFAULTS})  # the values in effect, recorded with the results
     settings = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
                 "engine": predictor.engine.describe(), "boxes": str(args.boxes) if args.boxes else None, **params}
-    summary = run_everything(generator, args.source, args.out, settings, boxes=boxes, overwrite=args.overwrite,
-                             max_pixels=args.max_pixels, progress=progress, strict=args.strict,
-                             on_image=lambda im, n: print(f"{im.name}: {n} masks") if len(images) == 1 else None)
-    return _everything_report(summary, args.out)
+    return generator, settings
+
+
+def _ray_everything(args: argparse.Namespace, images: list[Path], boxes: dict | None) -> dict:
+    """--ray: run_everything per image on Ray Data actors (apps.ray_batch), on the cluster --ray-address names."""
+    import copy
+
+    from ..apps.ray_batch import check_concurrency, ray_everything
+    from ..serve.ray_serve import connect
+
+    check_concurrency(args.ray_concurrency)
+    device = (args.device or "auto").strip().lower()
+    gpus = 1.0 if device.startswith("cuda") else 0.0
+    remote = copy.copy(args)
+    remote.device = "cuda" if gpus else args.device  # Ray gives each actor its GPU as its cuda:0
+
+    def make_generator():
+        return build_generator(remote)
+
+    n = args.ray_concurrency
+    connect(args.ray_address, need={"GPU": n * gpus} if gpus else {"CPU": n}, what=f"{n} actor(s)")
+    return ray_everything(make_generator, images, args.out, boxes=boxes, overwrite=args.overwrite, strict=args.strict,
+                          max_pixels=args.max_pixels, concurrency=n, num_gpus=gpus)
 
 
 def _everything_report(summary: dict, out: str) -> int:

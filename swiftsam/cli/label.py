@@ -11,7 +11,8 @@ from ..api import DEFAULT_MODEL
 from ..errors import InputError
 from ..predictor import Predictor
 from .common import (
-    add_device_argument, add_engine_arguments, add_image_arguments, add_input_size_argument, engine_options, load_model,
+    add_device_argument, add_engine_arguments, add_image_arguments, add_input_size_argument, add_ray_arguments,
+    check_ray_arguments, engine_options, load_model,
 )
 
 
@@ -68,15 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--overwrite", action="store_true", help="start again, discarding an earlier run's progress")
     a.add_argument("--strict", action="store_true", help="stop at the first bad image or item (default: skip, report)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar (it shows on a terminal only)")
-    r = a.add_argument_group("Ray Data (pip install 'swiftsam[ray]'; README \"On a Ray cluster\")")
-    r.add_argument("--ray", action="store_true",
-                   help="label on Ray actors (each loads the model once; --device cuda: one GPU each); the same "
-                        "results file, progress log and report")
-    r.add_argument("--ray-address", metavar="ADDRESS",
-                   help="--ray: the cluster to join (auto: the one `ray start` made here; HOST:6379; default: start a "
-                        "local Ray)")
-    r.add_argument("--ray-concurrency", type=int, default=1, metavar="N",
-                   help="--ray: how many actors label at once (default 1; e.g. the number of GPUs)")
+    add_ray_arguments(a, "label", "the same results file, progress log and report")
     add_device_argument(a)
     add_engine_arguments(a)
     add_image_arguments(a)
@@ -98,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         images = list_images(args.images)
     out = check_output_file(args.out)
-    if (args.ray_address or args.ray_concurrency != 1) and not args.ray:
-        raise InputError("--ray-address and --ray-concurrency are for --ray: add --ray, or drop them.")
+    check_ray_arguments(args)
     if args.evaluate and not args.annotations:
         raise InputError("--evaluate compares with ground truth: give --annotations (the images' COCO JSON).")
     if args.part != "person" and not args.keypoints:
