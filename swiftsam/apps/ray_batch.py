@@ -23,24 +23,22 @@ from ..errors import InputError, SwiftSamError
 from ..image_io import MaxPixels
 
 
-class Labeler:
-    """One Ray actor: the predictor (``make_predictor()``) and the prompt source (``make_prompts()``) made once,
-    then ``label_one`` per path. Errors every image would meet (model, engine) come back as a ``fatal`` outcome
-    (with the error's class) for the driver to raise, not as a failed Ray task."""
+class _Actor:
+    """A Ray Data actor: ``setup`` once (model, generator: an error every image would meet is kept as a ``fatal``
+    outcome, with the error's class, for the driver to raise, not a failed Ray task), then ``one(path)`` per image;
+    each outcome goes back JSON-encoded."""
 
-    def __init__(self, make_predictor: Callable[[], Any], make_prompts: Callable[[], Callable], ids: dict[str, int],
-                 candidates: str, max_pixels: MaxPixels) -> None:
-        self.ids, self.candidates, self.max_pixels = ids, candidates, max_pixels
+    def __init__(self, setup: Callable[[], None]) -> None:
         self.fatal: dict | None = None
         try:
-            self.predictor = make_predictor()
-            self.prompts_for = make_prompts()
-        except SwiftSamError as e:  # a bad checkpoint, no GPU: reported on the first batch, raised by the driver
+            setup()
+        except SwiftSamError as e:  # a bad checkpoint, no GPU, settings already in --out
             self.fatal = {"fatal": str(e), "kind": type(e).__name__}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .label import label_one
+    def one(self, path: Path) -> dict:
+        raise NotImplementedError
 
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = []
         for path in batch["path"]:
             path = Path(str(path))
@@ -48,12 +46,32 @@ class Labeler:
                 out.append(json.dumps({"image": path.name, **self.fatal}))
                 continue
             try:
-                outcome = label_one(self.predictor, path, self.ids[path.name], self.prompts_for, self.candidates,
-                                    self.max_pixels)
-            except SwiftSamError as e:
+                outcome = self.one(path)
+            except SwiftSamError as e:  # e.g. --strict's first failed image
                 outcome = {"image": path.name, "fatal": str(e), "kind": type(e).__name__}
             out.append(json.dumps(outcome))
         return {"outcome": np.array(out, dtype=object)}
+
+
+class Labeler(_Actor):
+    """One Ray actor: the predictor (``make_predictor()``) and the prompt source (``make_prompts()``) made once,
+    then ``label_one`` per path."""
+
+    def __init__(self, make_predictor: Callable[[], Any], make_prompts: Callable[[], Callable], ids: dict[str, int],
+                 candidates: str, max_pixels: MaxPixels) -> None:
+        self.ids, self.candidates, self.max_pixels = ids, candidates, max_pixels
+
+        def setup() -> None:
+            self.predictor = make_predictor()
+            self.prompts_for = make_prompts()
+
+        super().__init__(setup)
+
+    def one(self, path: Path) -> dict:
+        from .label import label_one
+
+        return label_one(self.predictor, path, self.ids[path.name], self.prompts_for, self.candidates,
+                         self.max_pixels)
 
 
 def read_manifest(path: str | Path) -> list[Path]:
@@ -115,7 +133,7 @@ def _raise_fatal(outcome: dict) -> None:
     raise kind(outcome["fatal"])
 
 
-class EverythingWorker:
+class EverythingWorker(_Actor):
     """One Ray actor of ``swiftsam everything --ray``: the mask generator and its recorded settings
     (``make_generator()`` -> ``(generator, settings)``) made once, then ``run_everything`` per image path (it locks
     the image, writes atomically and skips images done, so actors share ``out``); each image's summary comes back."""
@@ -123,29 +141,18 @@ class EverythingWorker:
     def __init__(self, make_generator: Callable[[], tuple[Any, dict]], out: str, boxes: dict | None,
                  options: dict) -> None:
         self.out, self.boxes, self.options = out, boxes, options
-        self.fatal: dict | None = None
-        try:
-            self.generator, self.settings = make_generator()
-        except SwiftSamError as e:
-            self.fatal = {"fatal": str(e), "kind": type(e).__name__}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        def setup() -> None:
+            self.generator, self.settings = make_generator()
+
+        super().__init__(setup)
+
+    def one(self, path: Path) -> dict:
         from ..everything.runner import run_everything
 
-        out = []
-        for path in batch["path"]:
-            path = Path(str(path))
-            if self.fatal is not None:
-                out.append(json.dumps({"image": path.name, **self.fatal}))
-                continue
-            try:
-                summary = run_everything(self.generator, path, self.out, self.settings,
-                                         boxes=None if self.boxes is None else {path: self.boxes[path]},
-                                         progress=False, **self.options)
-            except SwiftSamError as e:  # the model, the settings of --out, or --strict's first failed image
-                summary = {"image": path.name, "fatal": str(e), "kind": type(e).__name__}
-            out.append(json.dumps(summary))
-        return {"outcome": np.array(out, dtype=object)}
+        return run_everything(self.generator, path, self.out, self.settings,
+                              boxes=None if self.boxes is None else {path: self.boxes[path]},
+                              progress=False, **self.options)
 
 
 def merge_everything_summaries(parts: list[dict], images: int) -> dict:
