@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tests.conftest  # noqa: E402,F401  (torchvision / timm stand-ins for the reference packages)
-from swiftsam.bench.reference import ReferenceWorkloads, why_no_reference  # noqa: E402
+from swiftsam.bench.reference import reference_workloads, why_no_reference  # noqa: E402
 from swiftsam.bench.sweep import _build_model, machine_info  # noqa: E402
 from swiftsam.bench.workloads import SwiftsamWorkloads, example_boxes  # noqa: E402
 from swiftsam.api import load  # noqa: E402
@@ -48,6 +48,9 @@ IMPLS = {  # name -> (engine or None for the reference, options, precision)
     "openvino fp32": ("openvino", {"precision": "fp32"}, "fp32"),
     "openvino bf16": ("openvino", {"precision": "bf16"}, "bf16"),
     "openvino int8": ("openvino", {"precision": "int8"}, "int8"),
+    # an fp32 encoder with a bf16 decoder (a bf16 engine runs both in bf16)
+    "torch fp32+bf16 decoder": ("torch", {"channels_last": True, "decoder_dtype": "bf16"}, "fp32"),
+    "openvino fp32+bf16 decoder": ("openvino", {"precision": "fp32", "decoder_precision": "bf16"}, "fp32"),
 }
 
 
@@ -87,7 +90,7 @@ def workloads(name: str, impls: list[str], stages: list[str], threads: int, imag
                 reason = why_no_reference(name)
                 if reason:
                     raise SwiftSamError(reason)
-                w = ReferenceWorkloads(model)
+                w = reference_workloads(model)
                 scope = lambda p=precision: autocast(torch.device("cpu"), p)  # noqa: E731
             else:
                 if engine in ("onnxruntime", "openvino"):

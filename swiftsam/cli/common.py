@@ -120,7 +120,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="auto", choices=engine_names(),
                    help="what runs the model (default auto: the fastest measured for it here)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
-                   help="encoder precision: torch (fp16, bf16) or openvino (bf16, int8)")
+                   help="precision: torch (fp16, bf16: encoder and decoder) or openvino (bf16: encoder and decoder; "
+                        "int8: the encoder, the decoder in fp32)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads / openvino inference threads")
     p.add_argument("--onnx-dir", help="graphs written by `swiftsam export` instead of exporting on first use")
 

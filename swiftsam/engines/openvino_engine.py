@@ -189,7 +189,10 @@ class OpenVINOEngine(StageEngine):
     compiled models under the IR folder (OpenVINO's model cache; for ``onnx_dir``, a folder of its own under
     ``$SWIFTSAM_HOME/openvino``, never inside the export). The encoder is compiled once per batch size
     it sees (static shapes are OpenVINO's fast path); the decoder keeps its dynamic prompt and point axes and runs
-    at most ``decode_chunk`` prompts per call (its memory grows with the prompts).
+    at most ``decode_chunk`` prompts per call (its memory grows with the prompts). ``decoder_precision``: fp32 or
+    bf16 (OpenVINO's bf16 inference precision for the decoder graph: ~1.5x faster on a CPU with bf16 kernels; its
+    agreement with fp32 is measured in benchmarks/engines.md); default bf16 when ``precision`` is bf16, else fp32
+    (the INT8 encoders' decoder stays fp32).
     """
 
     name = "openvino"
@@ -205,6 +208,7 @@ class OpenVINOEngine(StageEngine):
         onnx_dir: str | os.PathLike[str] | None = None,
         cache: bool = True,
         decode_chunk: int = 16,
+        decoder_precision: str | None = None,
     ) -> None:
         super().__init__(model)
         ov = _ov()
@@ -215,6 +219,10 @@ class OpenVINOEngine(StageEngine):
                 precision = "int8" if read_manifest(Path(onnx_dir)).get("quantization") else "fp32"
         if precision not in PRECISIONS:
             raise EngineError(f"precision must be one of {', '.join(PRECISIONS)} (or default), got {precision!r}.")
+        if decoder_precision is None:
+            decoder_precision = "bf16" if precision == "bf16" else "fp32"
+        if decoder_precision not in ("fp32", "bf16"):
+            raise EngineError(f"decoder_precision must be fp32 or bf16, got {decoder_precision!r}.")
         if hint not in HINTS:
             raise EngineError(f"hint must be one of {', '.join(HINTS)}, got {hint!r}.")
         if source not in SOURCES:
@@ -226,10 +234,12 @@ class OpenVINOEngine(StageEngine):
             raise EngineError(f"the openvino engine runs on the CPU; the model is on {model.device} "
                               f"(move it with model.to('cpu'), or use engine='tensorrt' / 'torch' on a GPU).")
         self.core = ov.Core()
-        if precision == "bf16" and "BF16" not in self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if "bf16" in (precision, decoder_precision) and "BF16" not in self.core.get_property(
+                "CPU", "OPTIMIZATION_CAPABILITIES"):
             raise EngineError("this CPU has no bf16 kernels for OpenVINO (it needs AVX512-BF16 or AMX); use "
                               "precision='fp32' or 'int8'.")
         self.precision, self.threads, self.streams, self.hint, self.source = precision, threads, streams, hint, source
+        self.decoder_precision = decoder_precision
         self.decode_chunk = decode_chunk
         self._stages = model.stages
         if onnx_dir is not None:
@@ -255,7 +265,7 @@ class OpenVINOEngine(StageEngine):
             raise EngineError(f"OpenVINO cannot read {encoder_path.parent} ({_first_line(e)}); delete the folder and "
                               f"it is converted again.") from None
         self._encoders: dict[int, tuple] = {}  # batch size -> (compiled model, infer request)
-        self._decoder = self._compile(self._decoder_model, "fp32")
+        self._decoder = self._compile(self._decoder_model, decoder_precision)
         self._decoder_request = self._decoder.create_infer_request()
 
     def _from_export(self, folder: Path) -> tuple[Path, Path, Path]:
@@ -324,8 +334,13 @@ class OpenVINOEngine(StageEngine):
         return [torch.from_numpy(np.array(request.get_tensor(name).data)) for name in spec.output_names]
 
     def describe(self) -> str:
-        extras = [self.precision, self.hint] + ([f"{self.threads} threads"] if self.threads else []) + (
-            [f"{self.streams} streams"] if self.streams else [])
+        extras = [self.precision, self.hint]
+        if self.decoder_precision != ("bf16" if self.precision == "bf16" else "fp32"):
+            extras.append(f"decoder {self.decoder_precision}")
+        if self.threads:
+            extras.append(f"{self.threads} threads")
+        if self.streams:
+            extras.append(f"{self.streams} streams")
         return f"openvino[{', '.join(extras)}]"
 
 

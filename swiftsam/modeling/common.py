@@ -7,6 +7,18 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def inference_cache_key(*tensors: torch.Tensor) -> tuple | None:
+    """A key under which a value computed from ``tensors`` (parameters or buffers) may be kept between calls, or
+    None where it must be computed afresh: with autograd on (training, or a gradient wanted through it), while
+    tracing, exporting or compiling, or for inference tensors (they keep no version counter). The key holds each
+    tensor's version counter, storage, dtype and device, so a load_state_dict, an optimiser step, an in-place
+    update or a move changes it; and whether inference mode is on (its tensors cannot enter autograd later)."""
+    if (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+            or any(t.is_inference() for t in tensors)):
+        return None
+    return (torch.is_inference_mode_enabled(), *((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors))
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of an NCHW tensor."""
 

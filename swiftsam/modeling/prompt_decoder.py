@@ -8,6 +8,8 @@ OneHot, no Tile, so the same module runs eagerly, in ONNX Runtime and in TensorR
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -27,12 +29,29 @@ class PromptDecoder(nn.Module):
     IoU B x 4[, object-score logits B x 1]: the ``decode`` stage (``modeling.stages``) of SAM 1 and SAM 2 models.
 
     Output token 0 is the single-mask output, 1..3 the multimask outputs.
+
+    ``dtype`` (float32, bfloat16 or float16) is what the mask decoder (two-way transformer, upscaling, heads) runs
+    in; for another than float32 it runs a copy of the model's mask decoder cast once to it (a snapshot: build a
+    new PromptDecoder after changing the weights), fed the image side and the prompt embeddings cast on entry, and
+    its outputs come back as float32. The prompt encoder always runs in float32: the sine encodings of pixel
+    coordinates lose whole pixels in 16 bits.
     """
 
-    def __init__(self, model: Segmenter) -> None:
+    def __init__(self, model: Segmenter, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
-        self.mask_decoder = model.mask_decoder
+        self.dtype = dtype
+        if dtype == torch.float32:
+            self.mask_decoder = model.mask_decoder
+        else:
+            if dtype not in (torch.bfloat16, torch.float16):
+                raise InputError(f"the mask decoder runs in float32, bfloat16 or float16, not {dtype}.")
+            twins = sorted({type(m).__name__ for m in model.mask_decoder.modules()
+                            if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))
+                            and type(m) not in (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)})
+            if twins:
+                raise InputError(f"this mask decoder is quantized ({', '.join(twins)}): it runs in float32 only.")
+            self.mask_decoder = copy.deepcopy(model.mask_decoder).to(dtype)
         self.object_score = model.contract.object_score
 
     def embed_flat_points(self, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
@@ -72,11 +91,16 @@ class PromptDecoder(nn.Module):
         sparse = self.embed_flat_points(point_coords, point_labels)
         dense = self.embed_mask(mask_input, has_mask_input)
         pe = self.prompt_encoder.get_dense_pe()
+        if self.dtype != torch.float32:
+            image_embeddings, pe, sparse, dense, *high_res = (
+                t.to(self.dtype) for t in (image_embeddings, pe, sparse, dense, *high_res))
         if self.object_score or high_res:  # SAM 2's decoder (modeling.sam2_mask_decoder)
-            return self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense,
-                                                 high_res_features=tuple(high_res) or None,
-                                                 return_tokens=return_tokens)
-        return self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense, return_tokens=return_tokens)
+            out = self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense,
+                                                high_res_features=tuple(high_res) or None,
+                                                return_tokens=return_tokens)
+        else:
+            out = self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense, return_tokens=return_tokens)
+        return out if self.dtype == torch.float32 else tuple(t.float() for t in out)
 
 
 def flatten_prompts(

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, inference_cache_key
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -17,6 +17,7 @@ class PositionEmbeddingRandom(nn.Module):
         super().__init__()
         scale = 1.0 if scale is None or scale <= 0.0 else scale
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
+        self._cache: tuple[tuple, torch.Tensor] | None = None  # (key, C x H x W encoding)
 
     def _encode(self, coords01: torch.Tensor) -> torch.Tensor:
         projected = (2 * coords01 - 1) @ self.positional_encoding_gaussian_matrix
@@ -24,7 +25,18 @@ class PositionEmbeddingRandom(nn.Module):
         return torch.cat([torch.sin(projected), torch.cos(projected)], dim=-1)
 
     def forward(self, size: tuple[int, int]) -> torch.Tensor:
-        """Encoding of every cell centre of an ``h x w`` grid, shaped C x H x W."""
+        """Encoding of every cell centre of an ``h x w`` grid, shaped C x H x W. It depends on the size and the
+        projection only, so outside autograd, tracing and compiling the last one is kept
+        (``common.inference_cache_key``): the decoder asks for it on every call."""
+        key = inference_cache_key(self.positional_encoding_gaussian_matrix)
+        if key is None:
+            return self._grid(size)
+        key = (tuple(size), *key)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._grid(size))
+        return self._cache[1]
+
+    def _grid(self, size: tuple[int, int]) -> torch.Tensor:
         h, w = size
         device = self.positional_encoding_gaussian_matrix.device
         ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h

@@ -66,7 +66,9 @@ class Attention(nn.Module):
         h, d = self.num_heads, self.internal_dim // self.num_heads
         qh = self._heads(self.q_proj(q)) * d ** -0.5  # B x h x Nq x d
         wk = self.k_proj.weight.reshape(h, d, c)
-        scores = (qh @ wk).reshape(b, h * nq, c) @ k.transpose(1, 2)  # B x hNq x Nk
+        # the image tokens stay the left operand (k @ W^T, read in their own layout: a bf16 matmul on a CPU
+        # copies a transposed right operand first); the scores are a B x hNq x Nk view
+        scores = (k @ (qh @ wk).reshape(b, h * nq, c).transpose(1, 2)).transpose(1, 2)
         mixed = (torch.softmax(scores, dim=-1) @ v).reshape(b, h, nq, c)  # sum_j p_j x_j, per head
         wv = self.v_proj.weight.reshape(h, d, c)
         out = mixed @ wv.transpose(1, 2) + self.v_proj.bias.reshape(h, 1, d)  # B x h x Nq x d
@@ -91,7 +93,7 @@ class Attention(nn.Module):
             wq = self.q_proj.weight.reshape(h, d, c)
             keys = (kh @ wq).reshape(b, h * nk, c)  # B x hNk x C: W_q,h^T k_h
             bias = kh @ self.q_proj.bias.reshape(h, d, 1)  # B x h x Nk x 1: b_q,h . k_h
-            scores = (keys @ q.transpose(1, 2)).reshape(b, h, nk, -1) + bias
+            scores = (q @ keys.transpose(1, 2)).transpose(1, 2).reshape(b, h, nk, -1) + bias  # as _few_queries
         nq = scores.shape[-1]
         probs = torch.softmax(scores, dim=2).reshape(b, h * nk, nq)
         vh = self._heads(self.v_proj(v))  # B x h x Nk x d
