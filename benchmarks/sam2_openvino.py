@@ -1,10 +1,13 @@
 """SAM 2.1 pipeline on the CPU: swiftsam's OpenVINO engine vs sam2's SAM2ImagePredictor, same weights, same precision.
 
 One image (480 x 640) + one box per round, set_image + predict(single mask), rounds interleaved (reference, then
-ours) so both see the same load. Random weights; the reference holds the swiftsam model's weights.
+ours) so both see the same load; each call's wall time and this process's CPU time (``time.process_time``: at
+``--threads 1`` the figure other processes on a shared machine disturb least). Random weights; the reference holds
+the swiftsam model's weights.
 
     python benchmarks/sam2_openvino.py --model sam2.1-hiera-tiny --precisions fp32,bf16 --rounds 3 \
         --out benchmarks/sam2-openvino.json
+    python benchmarks/sam2_openvino.py --precisions fp32 --threads 1 --rounds 5 --out benchmarks/sam2-openvino-fp32-1t.json
 """
 
 from __future__ import annotations
@@ -59,13 +62,18 @@ def main() -> None:
             ours.set_image(image)
             ours.predict(box=box, multimask_output=False)
 
+        def timed(fn):  # wall seconds, and this process's CPU seconds (all its threads)
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            return time.perf_counter() - t, time.process_time() - c
+
         theirs(), mine()  # warm-up
         for r in range(a.rounds):
-            t = time.perf_counter(); theirs(); ref_s = time.perf_counter() - t
-            t = time.perf_counter(); mine(); our_s = time.perf_counter() - t
+            (ref_s, ref_cpu), (our_s, our_cpu) = timed(theirs), timed(mine)
             rows.append({"model": a.model, "precision": precision, "round": r, "sam2_s": round(ref_s, 3),
                          "swiftsam_openvino_s": round(our_s, 3), "speedup": round(ref_s / our_s, 2),
-                         "load": [round(v, 2) for v in os.getloadavg()]})
+                         "sam2_cpu_s": round(ref_cpu, 3), "swiftsam_openvino_cpu_s": round(our_cpu, 3),
+                         "cpu_speedup": round(ref_cpu / our_cpu, 2), "load": [round(v, 2) for v in os.getloadavg()]})
             print(rows[-1], flush=True)
     Path(a.out).write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                                                   f"torch {torch.__version__}", "threads": a.threads, "rows": rows},

@@ -67,11 +67,23 @@ class Sam2ImageStage(nn.Module):
         self.training = model.training  # the model's mode (a new module starts in training; engines fold BN in eval)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        fpn = self.image_encoder(x)["backbone_fpn"]
-        embedding = fpn[-1] + self.no_mem_embed.reshape(1, -1, 1, 1)
-        if not self.high_res:  # one level: the decoder upsamples without skips
-            return (embedding,)
-        return embedding, self.conv_s0(fpn[0]), self.conv_s1(fpn[1])
+        encoder = self.image_encoder
+        if not isinstance(encoder, Sam2ImageEncoder):
+            fpn = encoder(x)["backbone_fpn"]
+            embedding = fpn[-1] + self.no_mem_embed.reshape(1, -1, 1, 1)
+            if not self.high_res:  # one level: the decoder upsamples without skips
+                return (embedding,)
+            return embedding, self.conv_s0(fpn[0]), self.conv_s1(fpn[1])
+        # Hiera + FPN: a high-resolution level that is its lateral 1x1 convolution alone reaches the decoder's
+        # projection as one folded convolution (FpnNeck.project), the 256-channel map in between is never made
+        neck, kept = encoder.neck, len(encoder.neck.convs) - encoder.scalp  # backbone_fpn: the first `kept` levels
+        projections = ((0, self.conv_s0), (1, self.conv_s1)) if self.high_res else ()
+        folded = [i for i, conv in projections if i < kept - 1 and neck.foldable(i, conv)]
+        trunk = encoder.trunk(x)
+        fpn = neck.features(trunk, skip=folded)
+        embedding = fpn[kept - 1] + self.no_mem_embed.reshape(1, -1, 1, 1)
+        return (embedding, *(neck.project(i, trunk[i], conv) if i in folded else conv(fpn[i])
+                             for i, conv in projections))
 
 
 class Sam2(Segmenter):

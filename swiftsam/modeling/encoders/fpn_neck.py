@@ -19,6 +19,12 @@ from .hiera import HIERA_CONFIGS, Hiera, reduced_global_att_blocks
 _INTERP_MODES = ("nearest", "bilinear", "bicubic")
 
 
+def _pointwise(conv: nn.Module) -> bool:
+    """A plain 1x1 convolution (no stride, padding, dilation or groups): a per-pixel linear map."""
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1)
+
+
 class FpnNeck(nn.Module):
     """Feature pyramid without output convolutions, as in SAM 2.
 
@@ -80,14 +86,18 @@ class FpnNeck(nn.Module):
             return F.interpolate(x, scale_factor=2.0, mode="nearest")
         return F.interpolate(x.float(), scale_factor=2.0, mode=self.fpn_interp_model, align_corners=False)
 
-    def forward(self, xs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def features(self, xs: Sequence[torch.Tensor], skip: Sequence[int] = ()) -> list[torch.Tensor | None]:
+        """The levels of :meth:`forward` without their position encodings; the levels in ``skip`` are left out
+        (None) where no other level reads them (computed otherwise)."""
         n = len(self.convs)
         if len(xs) != n:
             raise InputError(f"the FPN neck expects {n} feature levels, got {len(xs)}")
-        out: list[torch.Tensor] = [None] * n  # type: ignore[list-item]
-        pos: list[torch.Tensor] = [None] * n  # type: ignore[list-item]
+        out: list[torch.Tensor | None] = [None] * n
         prev = None
         for i in range(n - 1, -1, -1):  # lowest resolution first
+            if i in skip and not self._feeds_next(i):
+                prev = None  # the next level takes no top-down input
+                continue
             lateral = self.convs[n - 1 - i](xs[i])
             if prev is not None and i in self.fpn_top_down_levels:
                 prev = lateral + self._upsample(prev)
@@ -96,8 +106,41 @@ class FpnNeck(nn.Module):
             else:
                 prev = lateral
             out[i] = prev
-            pos[i] = self._position(prev)
-        return out, pos
+        return out
+
+    def forward(self, xs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        out = self.features(xs)
+        return out, [self._position(level) for level in out]
+
+    def _feeds_next(self, i: int) -> bool:
+        """Whether level ``i`` is added (upsampled) into level ``i - 1``."""
+        return i > 0 and (i - 1) in self.fpn_top_down_levels
+
+    def foldable(self, i: int, conv: nn.Module) -> bool:
+        """Whether ``conv(level i)`` can run as one convolution on the trunk's level ``i`` (:meth:`project`):
+        the level is its lateral convolution alone (no top-down input), no other level reads it, and both that
+        lateral and ``conv`` are plain 1x1 convolutions."""
+        n = len(self.convs)
+        if not 0 <= i < n or self._feeds_next(i) or (i < n - 1 and i in self.fpn_top_down_levels):
+            return False
+        lateral = self.convs[n - 1 - i]
+        return len(lateral) == 1 and all(_pointwise(c) for c in (lateral[0], conv))
+
+    def project(self, i: int, x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+        """``conv(features(xs)[i])`` for a :meth:`foldable` level, from the trunk's level ``x`` in one 1x1
+        convolution: both are linear, so their weights multiply (``Wc @ Wl``, bias ``Wc @ bl + bc``, in float32).
+        SAM 2.1's decoder projections (``conv_s0`` / ``conv_s1``) then take the stride-4 and stride-8 levels from
+        96 / 192 channels to 32 / 64 directly instead of through 256 channels: ~5 GFLOP (~2 %) less for
+        sam2.1-hiera-tiny at 1024, and the 256-channel stride-4 map is never made. Equal up to float rounding."""
+        lateral = self.convs[len(self.convs) - 1 - i][0]
+        with torch.autocast(x.device.type, enabled=False):  # fold in float32 whatever autocast runs the convs in
+            wl, wc = lateral.weight.float().flatten(1), conv.weight.float().flatten(1)
+            weight = (wc @ wl)[:, :, None, None]
+            bias = wc @ lateral.bias.float() if lateral.bias is not None else None
+            if conv.bias is not None:
+                bias = conv.bias.float() if bias is None else bias + conv.bias.float()
+        dtype = conv.weight.dtype
+        return F.conv2d(x, weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
 class Sam2ImageEncoder(nn.Module):

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import InputError
+from ..common import inference_cache_key
 
 # Trunk arguments of the four SAM 2.1 image models (configs/sam2.1/sam2.1_hiera_{t,s,b+,l}.yaml; the
 # base_plus config spells only embed_dim and num_heads and takes Hiera's defaults for the rest).
@@ -148,17 +149,30 @@ class MultiScaleAttention(nn.Module):
         b, h, w, _ = x.shape
         heads = self.num_heads
         head_dim = self.dim_out // heads
-        qkv = self.qkv(x).reshape(b, h * w, 3, heads, head_dim)
-        q, k, v = qkv.unbind(2)  # each B x HW x heads x head_dim
-        if self.q_stride is not None:
-            # max-pool the queries on their grid (all heads at once, channels last)
-            q = max_pool_channels_last(q.reshape(b, h, w, self.dim_out), self.q_stride)
-            h, w = q.shape[1], q.shape[2]
-            q = q.reshape(b, h * w, heads, head_dim)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # SDPA wants B x heads x L x d
-        out = F.scaled_dot_product_attention(q, k, v)  # B x heads x hw x d
-        out = out.transpose(1, 2).reshape(b, h, w, self.dim_out)
+        q, k, v = self._qkv(x)  # each B x H x W x dim_out (heads x head_dim)
+        if self.q_stride is not None:  # max-pool the queries on their grid (all heads at once, channels last)
+            q = max_pool_channels_last(q, self.q_stride)
+        hq, wq = q.shape[1], q.shape[2]
+        # SDPA wants B x heads x L x d
+        q = q.reshape(b, hq * wq, heads, head_dim).transpose(1, 2)
+        k = k.reshape(b, h * w, heads, head_dim).transpose(1, 2)
+        v = v.reshape(b, h * w, heads, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)  # B x heads x hq*wq x d
+        out = out.transpose(1, 2).reshape(b, hq, wq, self.dim_out)
         return self.proj(out)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k and v: the ``qkv`` projection's three output blocks. A plain ``nn.Linear`` runs as three products
+        with its weight's row blocks (views, no copies): the same dot products, but exported graphs then hold three
+        MatMuls and no strided Split of the fused output, which OpenVINO runs with a slow reference kernel (~4 % of
+        sam2.1-hiera-tiny's encoder on CPU, benchmarks/sam2.md). Any other module there (dynamic quantization,
+        fake-quant layers) is called as it is and its output split."""
+        qkv, d = self.qkv, self.dim_out
+        if type(qkv) is not nn.Linear:
+            return qkv(x).chunk(3, dim=-1)
+        w, bias = qkv.weight, qkv.bias
+        return tuple(F.linear(x, w[i * d:(i + 1) * d], None if bias is None else bias[i * d:(i + 1) * d])
+                     for i in range(3))
 
 
 class MultiScaleBlock(nn.Module):
@@ -307,12 +321,10 @@ class Hiera(nn.Module):
         """``position_embedding(h, w)``. Without autograd (and outside tracing and compiling) it is kept for the
         size and the current values of the two embedding parameters (their version counters, storage and
         dtype: a load_state_dict, an optimiser step or a move recomputes it)."""
-        params = (self.pos_embed, self.pos_embed_window)
-        if (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or any(p.is_inference() for p in params)):  # inference tensors keep no version counter
+        key = inference_cache_key(self.pos_embed, self.pos_embed_window)
+        if key is None:
             return self.position_embedding(h, w)
-        key = (h, w, torch.is_inference_mode_enabled(),
-               *((p._version, p.data_ptr(), p.dtype, p.device) for p in params))
+        key = (h, w, *key)
         pos = self._pos_cache.get(key)
         if pos is None:
             self._pos_cache.clear()  # older sizes / weights: one entry is what an image path needs
