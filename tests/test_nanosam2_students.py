@@ -28,13 +28,7 @@ STUDENTS = ("nanosam2-resnet18", "nanosam2-mobilenetv3")
 S = 128  # input size of the small models below
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded machine torch's thread pool makes these small models slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def student(name: str, input_size: int = S, seed: int = 0) -> Sam2:

@@ -17,7 +17,7 @@ import swiftsam
 from swiftsam.errors import InputError
 from swiftsam.video import VideoPredictor
 
-from .conftest import randomize_, test_image
+from .conftest import randomize_, small_sam2, test_image
 
 H, W, N = 120, 176, 5  # video size and frames
 ATOL = 1e-3
@@ -48,42 +48,7 @@ def tiny_video_model(seed: int = 3):
     return model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a loaded machine torch's thread pool makes these small models ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def small_sam2(input_size: int = 64, d: int = 32, mem: int = 8):
-    """A SAM 2 of the real architecture with small widths (memory tests that run thousands of frames)."""
-    from swiftsam.modeling.encoders.fpn_neck import FpnNeck, Sam2ImageEncoder
-    from swiftsam.modeling.encoders.hiera import Hiera
-    from swiftsam.modeling.memory_attention import build_memory_attention
-    from swiftsam.modeling.memory_encoder import build_memory_encoder
-    from swiftsam.modeling.position_encoding import PositionEmbeddingSine
-    from swiftsam.modeling.prompt_encoder import PromptEncoder
-    from swiftsam.modeling.sam2 import Sam2, sam2_image_spec
-    from swiftsam.modeling.sam2_mask_decoder import Sam2MaskDecoder, sam2_two_way_transformer
-
-    trunk = Hiera(embed_dim=8, num_heads=1, stages=(1, 1, 1, 1), global_att_blocks=(), window_spec=(4, 4, 4, 2),
-                  window_pos_embed_bkg_spatial_size=(2, 2))
-    neck = FpnNeck(d_model=d, backbone_channel_list=trunk.channel_list, fpn_top_down_levels=(2, 3),
-                   position_encoding=PositionEmbeddingSine(d, temperature=10000, normalize=True, scale=None))
-    g = input_size // 16
-    prompts = PromptEncoder(embed_dim=d, image_embedding_size=(g, g), input_image_size=(input_size, input_size),
-                            mask_in_chans=4)
-    decoder = Sam2MaskDecoder(transformer_dim=d, transformer=sam2_two_way_transformer(1, d, 2, 2 * d),
-                              iou_head_hidden_dim=d, dynamic_multimask_via_stability=True)
-    model = Sam2(Sam2ImageEncoder(trunk, neck), prompts, decoder,
-                 build_memory_attention(d_model=d, mem_dim=mem, num_layers=1, dim_feedforward=2 * d),
-                 build_memory_encoder(out_dim=mem, in_dim=d), sam2_image_spec(input_size), hidden_dim=d, mem_dim=mem)
-    model = randomize_(model, seed=1).eval()
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 2.0
-    return model
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,8 @@ def test_track_with_memory_equals_the_video_predictor():
         assert np.array_equal(frame.mask, want[k]) and frame.lost == (not want[k].any())
 
 
-def test_track_cli_uses_the_memory_for_a_sam2_checkpoint(tmp_path, capsys):
-    from swiftsam.cli import main
+def _sam2_checkpoint_and_frames(tmp_path) -> None:
+    """tmp_path/t.pt: a random sam2.1-hiera-tiny at 128 px; tmp_path/frames: three JPEG frames."""
     from swiftsam.zoo.checkpoint import save_checkpoint
 
     model = randomize_(swiftsam.build("sam2.1-hiera-tiny", input_size=128), seed=3).eval()
@@ -52,8 +52,28 @@ def test_track_cli_uses_the_memory_for_a_sam2_checkpoint(tmp_path, capsys):
     (tmp_path / "frames").mkdir()
     for k, im in enumerate(_frames()):
         Image.fromarray(im).save(tmp_path / "frames" / f"{k:05d}.jpg")
+
+
+def test_track_cli_uses_the_memory_for_a_sam2_checkpoint(tmp_path, capsys):
+    from swiftsam.cli import main
+
+    _sam2_checkpoint_and_frames(tmp_path)
     code = main(["track", str(tmp_path / "frames"), "--model", "sam2.1-hiera-tiny", "--checkpoint",
                  str(tmp_path / "t.pt"), "--box", "20,20,70,60", "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "track.json").read_text())
+    assert summary["frames"] == 3 and (tmp_path / "out" / "00002.png").is_file()
+
+
+def test_track_cli_runs_a_sam2_model_in_bf16(tmp_path, capsys):
+    from swiftsam.cli import main
+
+    _sam2_checkpoint_and_frames(tmp_path)
+    args = ["track", str(tmp_path / "frames"), "--model", "sam2.1-hiera-tiny", "--checkpoint", str(tmp_path / "t.pt"),
+            "--box", "20,20,70,60", "--device", "cpu", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "bad"), "--dtype", "fp16"]) == 2
+    assert "in --dtype fp32 or bf16" in capsys.readouterr().err
+    assert main(args + ["--out", str(tmp_path / "out"), "--dtype", "bf16"]) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "out" / "track.json").read_text())
+    assert summary["settings"]["tracker"] == {"sam2-memory": {"dtype": "bf16"}}
     assert summary["frames"] == 3 and (tmp_path / "out" / "00002.png").is_file()

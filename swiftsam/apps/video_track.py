@@ -280,12 +280,12 @@ def _start_frame(prompts: dict[int, dict[int, ObjectPrompt]], seeds: dict, start
 
 
 def track_with_memory_objects(model, frames: FrameSource, prompts: dict[int, dict[int, ObjectPrompt]],
-                              start: int = 0, seeds: dict[int, tuple[int, np.ndarray]] | None = None
-                              ) -> Iterator[tuple[int, FrameResult]]:
+                              start: int = 0, seeds: dict[int, tuple[int, np.ndarray]] | None = None,
+                              video_options: dict | None = None) -> Iterator[tuple[int, FrameResult]]:
     """Every frame from ``start`` on with a SAM 2 model (``VideoPredictor``): (frame, results). ``prompts``:
     ``group_prompts``'s; those on frames before ``start`` are done. ``seeds``: object -> (frame < start, mask) to
     resume from. A frame's score for an object is its mean foreground probability inside its mask; an empty
-    mask is lost ("object absent")."""
+    mask is lost ("object absent"). ``video_options``: ``VideoPredictor``'s (``dtype``, ``compile``)."""
     seeds = seeds or {}
     n = len(frames)
     begin = _start_frame(prompts, seeds, start)
@@ -296,7 +296,8 @@ def track_with_memory_objects(model, frames: FrameSource, prompts: dict[int, dic
     for f in range(start, begin):  # no object yet
         yield f, {}
     # corrections become conditioning frames (else the next pass over their frame would track over them)
-    predictor = VideoPredictor(model, non_overlap_masks=True, add_all_frames_to_correct_as_cond=True)
+    predictor = VideoPredictor(model, non_overlap_masks=True, add_all_frames_to_correct_as_cond=True,
+                               **(video_options or {}))
     state = predictor.init_state(frames)  # frames read as needed
     for obj, (f, mask) in sorted(seeds.items()):
         predictor.add_new_mask(state, f, obj, mask)
@@ -364,11 +365,12 @@ def track_with_memory(model, frames: Iterable[np.ndarray], box=None, mask: np.nd
 
 def track_objects(model, frames: FrameSource, prompts: dict[int, dict[int, ObjectPrompt]], start: int = 0,
                   seeds: dict[int, tuple[int, np.ndarray]] | None = None, predictor_factory: Callable | None = None,
-                  tracker_config=None) -> Iterator[tuple[int, FrameResult]]:
-    """Frames ``start`` .. end with every prompted object: SAM 2 models with their memory, image-only models with
-    ``MultiTracker`` (``predictor_factory()`` makes its Predictor; default: torch)."""
+                  tracker_config=None, video_options: dict | None = None) -> Iterator[tuple[int, FrameResult]]:
+    """Frames ``start`` .. end with every prompted object: SAM 2 models with their memory (``video_options`` go to
+    ``VideoPredictor``), image-only models with ``MultiTracker`` (``predictor_factory()`` makes its Predictor;
+    default: torch)."""
     if is_video_model(model):
-        yield from track_with_memory_objects(model, frames, prompts, start, seeds)
+        yield from track_with_memory_objects(model, frames, prompts, start, seeds, video_options)
         return
     from ..predictor import Predictor
     from .tracker import MultiTracker, TrackerConfig
@@ -548,7 +550,8 @@ def _progress(it, enabled: bool, desc: str, total: int | None = None, initial: i
 
 def run_track(model, frames: FrameSource, prompts: list[Prompt], out: str | os.PathLike[str], settings: dict, *,
               overwrite: bool = False, overlay: bool | None = None, progress: bool = False,
-              predictor_factory: Callable | None = None, tracker_config=None) -> dict:
+              predictor_factory: Callable | None = None, tracker_config=None,
+              video_options: dict | None = None) -> dict:
     """Track ``prompts`` through ``frames`` into ``out`` (label PNGs, track.json, overlay.mp4), resuming what an
     earlier run with the same ``settings`` wrote. ``overlay``: True writes it (OpenCV needed), None writes it when
     OpenCV is installed, False not. Returns the summary (plus ``resumed_from`` and ``overlay``: its path or why
@@ -572,7 +575,8 @@ def run_track(model, frames: FrameSource, prompts: list[Prompt], out: str | os.P
             seeds = writer.seeds() if start else {}
             remaining = {f: g for f, g in grouped.items() if f >= start}
             it = track_objects(model, frames, remaining, start=start, seeds=seeds,
-                               predictor_factory=predictor_factory, tracker_config=tracker_config)
+                               predictor_factory=predictor_factory, tracker_config=tracker_config,
+                               video_options=video_options)
             for f, results in _progress(it, progress, "track", total=n, initial=start):
                 writer.write(f, results, hw)
         summary = writer.finish()

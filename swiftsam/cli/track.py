@@ -88,15 +88,21 @@ def run(args: argparse.Namespace) -> int:
                            min_score=args.min_score, max_area_change=args.max_area_change)
     model = load_model(args, args.model or DEFAULT_TRACK_MODEL)
     video = is_video_model(model)
-    options = engine_options(args)
-    if video and (args.engine not in ("auto", "torch") or options):
-        raise InputError("SAM 2 models track video with torch (VideoPredictor): drop --engine / --dtype / "
-                         "--threads / --onnx-dir.")
+    video_options = {}
+    if video:  # VideoPredictor (torch): --dtype fp32 or bf16 only
+        if args.engine not in ("auto", "torch") or args.threads is not None or args.onnx_dir is not None \
+                or args.dtype not in ("fp32", "bf16"):
+            raise InputError("SAM 2 models track video with torch (VideoPredictor), in --dtype fp32 or bf16: drop "
+                             "--engine / --threads / --onnx-dir.")
+        video_options, options = {"dtype": args.dtype}, {}
+    else:
+        options = engine_options(args)
     settings = {"video": str(Path(args.video).resolve()), "model": args.model, "checkpoint": args.checkpoint,
                 "input_size": getattr(args, "input_size", None),
-                "tracker": "sam2-memory" if video else {"image": asdict(config), "engine": args.engine}}
+                "tracker": ("sam2-memory" if args.dtype == "fp32" else {"sam2-memory": video_options}) if video
+                else {"image": asdict(config), "engine": args.engine}}  # fp32: as written before --dtype
     summary = run_track(model, frames, prompts, out, settings, overwrite=args.overwrite, overlay=args.overlay,
-                        progress=args.progress,
+                        progress=args.progress, video_options=video_options,
                         predictor_factory=lambda: Predictor(model, engine=args.engine, **options),
                         tracker_config=config)
     done = summary["resumed_from"]

@@ -190,8 +190,13 @@ class Sam2MaskDecoder(nn.Module):
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
             high_res_features, return_tokens=True,
         )
-        s = int(self.pred_obj_scores)
-        mask_tokens_out = tokens[:, s + 1 :]
+        return (*self.select_outputs(masks, iou_pred, tokens, multimask_output), object_score_logits)
+
+    def select_outputs(self, masks: torch.Tensor, iou_pred: torch.Tensor, tokens: torch.Tensor,
+                       multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``predict_all``'s outputs (all masks and IoU, the output tokens) -> ``forward``'s (masks, iou_pred,
+        sam_tokens_out): the multimask outputs, or the single mask (dynamically replaced where unstable)."""
+        mask_tokens_out = tokens[:, int(self.pred_obj_scores) + 1 :]
         if multimask_output:
             masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
         elif self.dynamic_multimask_via_stability and not self.training:
@@ -202,7 +207,7 @@ class Sam2MaskDecoder(nn.Module):
             sam_tokens_out = mask_tokens_out[:, 1:]
         else:  # the single-mask token is the object-memory token (as trained)
             sam_tokens_out = mask_tokens_out[:, 0:1]
-        return masks, iou_pred, sam_tokens_out, object_score_logits
+        return masks, iou_pred, sam_tokens_out
 
     def stability_scores(self, mask_logits: torch.Tensor) -> torch.Tensor:
         """IoU between the masks thresholded at +delta and at -delta (1 where both are empty)."""

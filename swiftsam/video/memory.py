@@ -9,6 +9,7 @@ are the defaults of :class:`TrackerConfig`.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +18,38 @@ from torch.nn import functional as F
 from ..errors import InputError
 
 NO_OBJ_SCORE = -1024.0  # the mask logits of an object that is not in the frame
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the video path's compute precisions
+
+
+def precision_dtype(precision) -> torch.dtype:
+    """``"fp32"`` / ``"bf16"`` (or torch.float32 / torch.bfloat16) -> the torch dtype; anything else: InputError."""
+    if isinstance(precision, torch.dtype) and precision in PRECISIONS.values():
+        return precision
+    if isinstance(precision, str) and precision.lower() in PRECISIONS:
+        return PRECISIONS[precision.lower()]
+    raise InputError(f"dtype must be one of {', '.join(map(repr, PRECISIONS))} (or torch.float32 / torch.bfloat16), "
+                     f"got {precision!r}")
+
+
+def _cast(x, dtype: torch.dtype):
+    """Floating tensors in ``x`` (a tensor, or lists / tuples / dicts of them) in ``dtype``; the rest as it is."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cast(v, dtype) for v in x)
+    if isinstance(x, dict):
+        return {k: _cast(v, dtype) for k, v in x.items()}
+    return x
+
+
+def _in_dtype(fn, dtype: torch.dtype):
+    """``fn`` (a method of a module copy whose weights are in ``dtype``) taking float32 tensors and returning
+    float32: floating inputs are cast to ``dtype`` on entry, floating outputs back to float32."""
+
+    def run(*args, **kwargs):
+        return _cast(fn(*_cast(args, dtype), **_cast(kwargs, dtype)), torch.float32)
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -114,22 +147,55 @@ def select_closest_cond_frames(frame_idx: int, cond: dict, max_num: int) -> tupl
 
 class Sam2Tracker:
     """The per-frame computations of SAM 2's video tracking over a :class:`~swiftsam.modeling.sam2.Sam2`,
-    batched over objects. Holds no video state."""
+    batched over objects. Holds no video state.
 
-    def __init__(self, model, config: TrackerConfig | None = None) -> None:
+    ``dtype`` ``"fp32"`` (default) or ``"bf16"``: the precision of the four heavy modules (image encoder, memory
+    attention, mask decoder, memory encoder). bf16 runs them on a copy of the model cast to bfloat16 once (on a
+    CPU with bf16 matrix units that is faster than ``torch.autocast``, which casts the weights on every call:
+    benchmarks/video.md); their inputs are cast on entry and their outputs back to float32, so everything between
+    them stays float32: the prompts' coordinate encoding, the object pointers' temporal encoding, RoPE's angles and
+    rotation (memory_attention computes them in float32), the choice among multimask outputs and every sigmoid /
+    threshold that decides a mask. Results and state are float32 as with fp32 (memories bfloat16, as always). The
+    copy is taken now: later changes to the model's weights do not reach a bf16 tracker.
+
+    ``compile``: run the memory attention and the mask decoder through ``torch.compile`` (dynamic shapes, so
+    changing object and memory counts do not recompile every frame); the first frames pay the compilation.
+    """
+
+    def __init__(self, model, config: TrackerConfig | None = None, dtype="fp32", compile: bool = False) -> None:
         for name in ("memory_attention", "memory_encoder", "maskmem_tpos_enc", "forward_backbone"):
             if not hasattr(model, name):
                 raise InputError(
                     f"{type(model).__name__} is not a video model (no {name}): video tracking needs a SAM 2 model, "
                     "e.g. swiftsam.load('sam2.1-hiera-tiny')"
                 )
+        if not isinstance(compile, bool):
+            raise InputError(f"compile must be True or False, got {compile!r}")
         self.model = model
         self.config = config or TrackerConfig()
+        self.dtype = precision_dtype(dtype)
+        self.compiled = compile
         self.num_maskmem = int(model.maskmem_tpos_enc.shape[0])
         self.mem_dim = int(model.maskmem_tpos_enc.shape[-1])
         self.hidden_dim = int(model.no_mem_embed.shape[-1])
         self.image_size = int(model.contract.image.input_size)
         self._mem_pos: dict[tuple, torch.Tensor] = {}
+        # the heavy modules' entries: the model's own in fp32, a bf16 copy's (float32 in and out) in bf16
+        if self.dtype == torch.float32:
+            src, wrap = model, (lambda fn: fn)
+        else:
+            src = copy.deepcopy(model).to(self.dtype).eval()
+            wrap = lambda fn: _in_dtype(fn, self.dtype)  # noqa: E731
+        self._backbone = wrap(src.forward_backbone)
+        self._attention = wrap(src.memory_attention)
+        self._decoder = wrap(src.sam_mask_decoder.predict_all)
+        self._mem_encoder = wrap(src.memory_encoder.encode)
+        # RoPE modules of the attention that runs, whose per-size tables are filled before a compiled call (filling
+        # them inside would change the cache the graph was guarded on and recompile it on the next frame)
+        self._rope = [mod for mod in src.memory_attention.modules() if hasattr(mod, "rope_tables")] if compile else []
+        if compile:  # dynamic shapes: object and memory counts vary (batch 1 and batch > 1 compile once each)
+            self._attention = torch.compile(self._attention, dynamic=True)
+            self._decoder = torch.compile(self._decoder, dynamic=True)
 
     @property
     def device(self) -> torch.device:
@@ -138,7 +204,7 @@ class Sam2Tracker:
     # -- image features ---------------------------------------------------------------------------------------
     def backbone(self, image: torch.Tensor) -> FrameFeatures:
         """SAM2Base.forward_image of one preprocessed frame (1 x 3 x S x S)."""
-        return self.features_from(self.model.forward_backbone(image.to(self.device)))
+        return self.features_from(self._backbone(image.to(self.device)))
 
     @staticmethod
     def features_from(out: dict) -> FrameFeatures:
@@ -248,9 +314,11 @@ class Sam2Tracker:
         """The frame's stride-16 features conditioned on B objects' memories (M x B x mem_dim) -> B x C x h x w."""
         _, c, h, w = feats.vision.shape
         b = memory.shape[1]
+        for mod in self._rope:
+            mod.rope_tables(h, w, self.device)
         curr = feats.vision.flatten(2).permute(2, 0, 1).expand(-1, b, -1)
         curr_pos = feats.pos.flatten(2).permute(2, 0, 1).expand(-1, b, -1)
-        out = self.model.memory_attention(
+        out = self._attention(
             curr=[curr], curr_pos=[curr_pos], memory=memory, memory_pos=memory_pos,
             num_obj_ptr_tokens=num_ptr_tokens, feat_size=(h, w), memory_mask=mask,
         )
@@ -365,11 +433,7 @@ class Sam2Tracker:
             mask_inputs = F.interpolate(mask_inputs.float(), size=pe.mask_input_size, mode="bilinear",
                                         align_corners=False, antialias=True)
         sparse, dense = self._embed_prompts(coords, labels, mask_inputs)
-        low_multi, ious, tokens, obj_scores = m.sam_mask_decoder(
-            image_embeddings=pix, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense, multimask_output=multimask, repeat_image=False,
-            high_res_features=feats.high_res or None,
-        )
+        low_multi, ious, tokens, obj_scores = self.decode(pix, pe.get_dense_pe(), sparse, dense, feats, multimask)
         appearing = obj_scores > 0
         low_multi = torch.where(appearing[:, None, None], low_multi, NO_OBJ_SCORE).float()
         high_multi = F.interpolate(low_multi, size=(self.image_size, self.image_size), mode="bilinear",
@@ -389,6 +453,14 @@ class Sam2Tracker:
             ptr = lam * ptr
         ptr = ptr + (1 - lam) * m.no_obj_ptr
         return HeadsOutput(low, high, ptr, obj_scores)
+
+    def decode(self, pix, image_pe, sparse, dense, feats: FrameFeatures, multimask: bool):
+        """The mask decoder (``Sam2MaskDecoder.forward``'s results for one image embedding per object): every
+        output in the tracker's precision, then the choice of outputs (multimask, or the single mask unless it is
+        unstable) in float32 on them."""
+        masks, ious, obj_scores, tokens = self._decoder(pix, image_pe, sparse, dense, feats.high_res or None,
+                                                        return_tokens=True)
+        return (*self.model.sam_mask_decoder.select_outputs(masks, ious, tokens, multimask), obj_scores)
 
     def mask_as_output(self, feats: FrameFeatures, mask_inputs: torch.Tensor) -> HeadsOutput:
         """SAM2Base._use_mask_as_output: a given mask (B x 1 x S x S, 0 / 1) is the output (logits -10 / +10);
@@ -424,8 +496,7 @@ class Sam2Tracker:
             mask_for_mem = torch.sigmoid(masks)
         mask_for_mem = mask_for_mem * c.sigmoid_scale_for_mem_enc + c.sigmoid_bias_for_mem_enc
         b = masks.shape[0]
-        feats_mem, _ = m.memory_encoder.encode(feats.vision.expand(b, -1, -1, -1), mask_for_mem,
-                                               skip_mask_sigmoid=True)
+        feats_mem, _ = self._mem_encoder(feats.vision.expand(b, -1, -1, -1), mask_for_mem, skip_mask_sigmoid=True)
         absent = 1 - (object_score_logits > 0).float()
         feats_mem = feats_mem + absent[..., None, None] * m.no_obj_embed_spatial[..., None, None]
         return feats_mem.to(dtype)

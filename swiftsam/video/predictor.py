@@ -108,17 +108,19 @@ class VideoPredictor:
 
     ``model``: a :class:`~swiftsam.modeling.sam2.Sam2` (e.g. ``swiftsam.load("sam2.1-hiera-tiny")``). Keyword
     arguments: ``non_overlap_masks``, ``add_all_frames_to_correct_as_cond`` (sam2's options of those names),
-    ``max_batch`` (objects per batch: an int, None for all, or "auto": all on an accelerator, 1 on a CPU) and any
+    ``max_batch`` (objects per batch: an int, None for all, or "auto": all on an accelerator, 1 on a CPU),
+    ``dtype`` ("fp32" or "bf16": the heavy modules' precision), ``compile`` (torch.compile the memory attention and
+    the mask decoder; see :class:`~swiftsam.video.memory.Sam2Tracker` for both) and any
     :class:`~swiftsam.video.memory.TrackerConfig` field.
     """
 
     def __init__(self, model, *, non_overlap_masks: bool = False, add_all_frames_to_correct_as_cond: bool = False,
-                 max_batch: int | str | None = "auto", **config) -> None:
+                 max_batch: int | str | None = "auto", dtype="fp32", compile: bool = False, **config) -> None:
         try:
             cfg = TrackerConfig(**{**getattr(model, "video_defaults", {}), **config})
         except TypeError as e:
             raise InputError(f"unknown VideoPredictor option: {e}") from e
-        self.tracker = Sam2Tracker(model, cfg)
+        self.tracker = Sam2Tracker(model, cfg, dtype=dtype, compile=compile)
         self.model = model.eval()
         self.non_overlap_masks = non_overlap_masks
         self.add_all_frames_to_correct_as_cond = add_all_frames_to_correct_as_cond

@@ -72,12 +72,13 @@ class StreamingSession:
     object, another click on the same frame, or a correction of a tracked object); ``remove(obj_id)``;
     ``track(frame) -> (obj_ids, masks)`` with masks objects x 1 x H x W logits at the frame's size.
     Options: ``max_cond_frames`` (prompted frames kept per object, default 4),
-    ``add_all_frames_to_correct_as_cond`` (default True), ``non_overlap_masks`` and the fields of
+    ``add_all_frames_to_correct_as_cond`` (default True), ``non_overlap_masks``, ``dtype`` ("fp32" or "bf16") and
+    ``compile`` (as :class:`~swiftsam.video.VideoPredictor`'s) and the fields of
     :class:`~swiftsam.video.memory.TrackerConfig`.
     """
 
     def __init__(self, model, *, max_cond_frames: int = 4, add_all_frames_to_correct_as_cond: bool = True,
-                 non_overlap_masks: bool = False, **config) -> None:
+                 non_overlap_masks: bool = False, dtype="fp32", compile: bool = False, **config) -> None:
         try:
             cfg = TrackerConfig(**config)
         except TypeError as e:
@@ -86,7 +87,7 @@ class StreamingSession:
             raise InputError("a streaming session keeps the most recent frames: memory_temporal_stride_for_eval must be 1")
         if isinstance(max_cond_frames, bool) or not isinstance(max_cond_frames, int) or max_cond_frames < 1:
             raise InputError(f"max_cond_frames must be a positive integer, got {max_cond_frames!r}")
-        self.tracker = Sam2Tracker(model, cfg)
+        self.tracker = Sam2Tracker(model, cfg, dtype=dtype, compile=compile)
         self.model = model.eval()
         self.max_cond_frames = max_cond_frames
         self.corrections_as_cond = add_all_frames_to_correct_as_cond
