@@ -178,6 +178,15 @@ class CocoObjects(torch.utils.data.Dataset):
         return {"requested": index, "index": i, "image": resized, "masks": torch.from_numpy(masks)}
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's stacked tensors (``collate``'s, e.g. a distillation batch's ``student`` / ``teacher`` images)
+    on ``device``: asynchronous copies from the loader's pinned memory when it is a GPU. Lists (the images and
+    masks of prompted recipes, which the recipe reads on the host) stay as they are."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def collate(items: list[dict]) -> dict:
     out: dict = {}
     for key in items[0]:

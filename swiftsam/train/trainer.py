@@ -32,7 +32,7 @@ from ..utils import atomic_path, save_torch_atomic, sha256_of
 from ..zoo.checkpoint import save_checkpoint as save_model
 from . import distributed as ddp
 from .config import TrainConfig
-from .data import StepSampler, collate, seed_everything
+from .data import StepSampler, collate, seed_everything, to_device
 from .evaluate import evaluate_boxes
 from .recipes import make_recipe
 
@@ -44,6 +44,10 @@ FREE_TO_CHANGE = {"eval_every", "eval_images", "log_every", "checkpoint_every", 
 # settings a resumed run may change that reshape the rest of the run: the learning-rate schedule is recomputed
 # for the new length (a run can be shortened or extended); the change is logged
 RESCHEDULES = {"steps"}
+
+
+# batches each DataLoader worker prepares ahead of the training loop (torch's default is 2)
+PREFETCH_FACTOR = 4
 
 
 class Interrupted(Exception):
@@ -142,6 +146,36 @@ class Metrics:
             self.writer.close()
 
 
+class Feed:
+    """Where one logged interval's wall time went: ``data_wait_s`` (the loop waiting for batches: loading,
+    decoding and augmenting that the workers had not done ahead, and the copy to the device), ``compute_s``
+    (the rest of the optimiser steps: forward, backward, update) and ``other_s`` (checkpoints, evaluations,
+    logging); the three sum to ``interval_s``. On a GPU, the step that closes the interval synchronises the
+    device first, so the kernels the host queued count as compute of that interval (the only synchronisation
+    added)."""
+
+    def __init__(self, trainer: Trainer, start: float) -> None:
+        self.trainer, self.start, self.steps_wall = trainer, start, 0.0
+        self.wait0, self.seen0 = trainer.data_wait, trainer.seen
+
+    def step_ended(self, t_step: float, sync: bool) -> None:
+        if sync and self.trainer.device.type == "cuda":
+            torch.cuda.synchronize(self.trainer.device)
+        self.steps_wall += time.perf_counter() - t_step
+
+    def interval(self, now: float) -> dict[str, float]:
+        """The interval since the last call (or the start) as metrics; starts the next interval at ``now``."""
+        tr = self.trainer
+        wall = max(1e-9, now - self.start)
+        steps = min(self.steps_wall, wall)
+        wait = min(tr.data_wait - self.wait0, steps)
+        images = tr.seen - self.seen0
+        out = {"interval_s": wall, "data_wait_s": wait, "compute_s": steps - wait, "other_s": wall - steps,
+               "data_wait_fraction": wait / max(1e-9, steps), "interval_images_per_s": images / wall}
+        self.start, self.steps_wall, self.wait0, self.seen0 = now, 0.0, tr.data_wait, tr.seen
+        return out
+
+
 class Trainer:
     """One training run in ``config.out``, on this process's share of the data under ``torchrun``.
 
@@ -181,6 +215,7 @@ class Trainer:
         self.eval_start: dict[str, float] | None = None
         self.val = None
         self.dataset = self.loader = self.metrics = None
+        self.data_wait = 0.0  # seconds the loop waited for batches (data loading and the copy to the device)
 
     def resume(self) -> None:
         """Take up the run in ``checkpoints/last.pt`` when there is one: weights, optimizer, scheduler,
@@ -204,8 +239,13 @@ class Trainer:
         self.dataset = self.recipe.dataset()
         sampler = StepSampler(len(self.dataset), config.batch_size, config.seed, d.rank, d.world,
                               start_step=self.start * config.grad_accum, steps=config.steps * config.grad_accum)
+        workers = config.workers > 0
+        # on a GPU: batches in pinned memory, so their copies to the device (to_device) are asynchronous;
+        # workers keep PREFETCH_FACTOR batches each ready ahead of the loop
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate,
-                                                  num_workers=config.workers, persistent_workers=False)
+                                                  num_workers=config.workers, pin_memory=self.device.type == "cuda",
+                                                  prefetch_factor=PREFETCH_FACTOR if workers else None,
+                                                  persistent_workers=workers)
         if config.val_images:
             from ..eval.dataset import CocoImages
 
@@ -223,7 +263,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for micro in range(config.grad_accum):
-            batch = next(batches)
+            t = time.perf_counter()
+            batch = to_device(next(batches), self.device)
+            self.data_wait += time.perf_counter() - t
             req = batch.pop("requested", None)
             if req is not None:
                 self.skipped |= {int(r) for r, i in zip(req, batch["index"]) if int(r) != int(i)}
@@ -271,12 +313,20 @@ class Trainer:
             bar = tqdm(total=config.steps, initial=self.start, desc=f"train {config.recipe}", unit="step")
         batches = iter(self.loader)
         t0 = time.perf_counter()
+        seen0 = self.seen
+        feed = Feed(self, t0)
         for step in range(self.start, config.steps):
+            t_step = time.perf_counter()
             lr_used = self.step(step, batches)
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
+                feed.step_ended(t_step, sync=True)
+                now = time.perf_counter()
                 metrics.write(done, "train", {**self.last, "lr": lr_used,
-                                              "images_per_s": self.seen / max(1e-9, time.perf_counter() - t0)})
+                                              "images_per_s": (self.seen - seen0) / max(1e-9, now - t0),
+                                              **feed.interval(now)})
+            else:
+                feed.step_ended(t_step, sync=False)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix_str(f"loss {self.last['loss']:.4g}")
