@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
 from swiftsam import Predictor  # noqa: E402
 from swiftsam.bench.sweep import machine_info  # noqa: E402
 from swiftsam.eval.agreement import box_agreement  # noqa: E402
@@ -61,7 +63,7 @@ def main() -> None:
                           max_images=a.max_images)
         report["results"][name] = {**r, "seconds": round(time.perf_counter() - t, 1),
                                    "loadavg_start_end": [load, os.getloadavg()[0]]}
-        report["machine"] = machine_info()
+        report["machine"] = machine_info(torch.device("cpu"))
         print(name, json.dumps(report["results"][name]), flush=True)
         if out is not None:
             tmp = out.with_suffix(".tmp")

@@ -80,7 +80,7 @@ def workloads(name: str, impls: list[str], stages: list[str], threads: int, imag
     s = model.spec.input_size
     x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        emb = model.image_encoder(x)
+        emb = model.forward_image(x)  # every feature level (SAM 2: three), as swiftsam bench
     size = image.shape[:2]
     calls, skipped = {}, {}
     for impl in impls:
