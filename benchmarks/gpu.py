@@ -26,6 +26,7 @@ sub-sweep, so even a killed run leaves what it had. The markdown table at the en
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import json
@@ -35,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -56,12 +58,19 @@ TEACHER_CONFIG = ROOT / "benchmarks" / "configs" / "swiftsam-teacher.yaml"
 
 
 class TimeUp(BaseException):
-    """The overall budget ran out (raised from SIGALRM; a BaseException, so no `except Exception` swallows it)."""
+    """The overall budget ran out (raised in the main thread; a BaseException, so no `except Exception` swallows it)."""
 
 
 class Budget:
+    """The run's time budget. ``arm`` starts a timer thread that, when the budget is spent, interrupts the main
+    thread with ``_thread.interrupt_main(SIGALRM)``: Python calls the SIGALRM handler (raising TimeUp) at its next
+    bytecode. No real signal is sent, so no native thread (OpenMP, TBB, CUDA, onnxruntime) has a system call
+    interrupted under it: a real SIGALRM goes to any thread of the process, and one of them crashed the test run."""
+
     def __init__(self, seconds: float) -> None:
         self.seconds, self.start = seconds, time.monotonic()
+        self._timer: threading.Timer | None = None
+        self._previous = None
 
     def left(self) -> float:
         return self.seconds - (time.monotonic() - self.start)
@@ -70,13 +79,18 @@ class Budget:
         return time.monotonic() - self.start
 
     def arm(self) -> None:
-        if hasattr(signal, "SIGALRM"):
-            signal.signal(signal.SIGALRM, self._ring)
-            signal.setitimer(signal.ITIMER_REAL, max(0.01, self.left()))
+        self._previous = signal.signal(signal.SIGALRM, self._ring)
+        self._timer = threading.Timer(max(0.01, self.left()), _thread.interrupt_main, args=(signal.SIGALRM,))
+        self._timer.daemon = True
+        self._timer.start()
 
     def disarm(self) -> None:
-        if hasattr(signal, "SIGALRM"):
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._previous is not None:
+            signal.signal(signal.SIGALRM, self._previous)
+            self._previous = None
 
     @staticmethod
     def _ring(signum, frame):
