@@ -220,7 +220,7 @@ class OpenVINOEngine(StageEngine):
         if precision not in PRECISIONS:
             raise EngineError(f"precision must be one of {', '.join(PRECISIONS)} (or default), got {precision!r}.")
         if decoder_precision is None:
-            decoder_precision = "bf16" if precision == "bf16" else "fp32"
+            decoder_precision = _default_decoder_precision(precision)
         if decoder_precision not in ("fp32", "bf16"):
             raise EngineError(f"decoder_precision must be fp32 or bf16, got {decoder_precision!r}.")
         if hint not in HINTS:
@@ -335,13 +335,19 @@ class OpenVINOEngine(StageEngine):
 
     def describe(self) -> str:
         extras = [self.precision, self.hint]
-        if self.decoder_precision != ("bf16" if self.precision == "bf16" else "fp32"):
+        if self.decoder_precision != _default_decoder_precision(self.precision):
             extras.append(f"decoder {self.decoder_precision}")
         if self.threads:
             extras.append(f"{self.threads} threads")
         if self.streams:
             extras.append(f"{self.streams} streams")
         return f"openvino[{', '.join(extras)}]"
+
+
+def _default_decoder_precision(precision: str) -> str:
+    """The decoder's precision unless named: bf16 with a bf16 encoder (as the authors' code under autocast), else
+    fp32 (the INT8 encoders' decoder included)."""
+    return "bf16" if precision == "bf16" else "fp32"
 
 
 def _first_line(e: Exception) -> str:

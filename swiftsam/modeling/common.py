@@ -7,6 +7,29 @@ from torch import nn
 from torch.nn import functional as F
 
 
+PLAIN_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+def is_plain(*modules: nn.Module) -> bool:
+    """Every module is exactly a torch Linear / Conv2d / ConvTranspose2d, not a subclass: the quantized twins
+    (fake-quant layers, TinySAM's W8A8) subclass them with their own forward, so code that reads ``weight``
+    directly (reassociated attention, the upscaling as matrix products, split qkv, cast copies) must leave them
+    to their modules."""
+    return all(type(m) in PLAIN_LAYERS for m in modules)
+
+
+def cast_floats(x, dtype: torch.dtype):
+    """Floating tensors in ``x`` (a tensor, or lists / tuples / dicts of them) in ``dtype``; the rest as it is.
+    What a cast copy of a module (weights in ``dtype``) is fed on entry and gives back as float32."""
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
+    if isinstance(x, (list, tuple)):
+        return type(x)(cast_floats(v, dtype) for v in x)
+    if isinstance(x, dict):
+        return {k: cast_floats(v, dtype) for k, v in x.items()}
+    return x
+
+
 def inference_cache_key(*tensors: torch.Tensor) -> tuple | None:
     """A key under which a value computed from ``tensors`` (parameters or buffers) may be kept between calls, or
     None where it must be computed afresh: with autograd on (training, or a gradient wanted through it), while

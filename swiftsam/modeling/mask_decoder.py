@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import MLP, LayerNorm2d
+from .common import MLP, LayerNorm2d, is_plain
 
 
 def _deconv2x2(tokens: torch.Tensor, deconv: nn.ConvTranspose2d) -> torch.Tensor:
@@ -41,7 +41,7 @@ def upscale_masks(upscaling: nn.Sequential, src: torch.Tensor, h: int, w: int, h
     """
     deconv1, norm, act1, deconv2, act2 = upscaling
     b = hyper_in.shape[0]
-    if not (type(deconv1) is type(deconv2) is nn.ConvTranspose2d and type(norm) is LayerNorm2d):
+    if not (is_plain(deconv1, deconv2) and type(norm) is LayerNorm2d):
         # quantized twins (fake-quant layers) keep their own forward: run the modules on the NCHW map
         x = src.transpose(1, 2).reshape(src.shape[0], -1, h, w)
         if skips is None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .common import PLAIN_LAYERS, cast_floats, is_plain
 from .segmenter import Segmenter
 
 PAD_LABEL = -1
@@ -47,8 +48,7 @@ class PromptDecoder(nn.Module):
             if dtype not in (torch.bfloat16, torch.float16):
                 raise InputError(f"the mask decoder runs in float32, bfloat16 or float16, not {dtype}.")
             twins = sorted({type(m).__name__ for m in model.mask_decoder.modules()
-                            if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))
-                            and type(m) not in (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)})
+                            if isinstance(m, PLAIN_LAYERS) and not is_plain(m)})
             if twins:
                 raise InputError(f"this mask decoder is quantized ({', '.join(twins)}): it runs in float32 only.")
             self.mask_decoder = copy.deepcopy(model.mask_decoder).to(dtype)
@@ -92,15 +92,15 @@ class PromptDecoder(nn.Module):
         dense = self.embed_mask(mask_input, has_mask_input)
         pe = self.prompt_encoder.get_dense_pe()
         if self.dtype != torch.float32:
-            image_embeddings, pe, sparse, dense, *high_res = (
-                t.to(self.dtype) for t in (image_embeddings, pe, sparse, dense, *high_res))
+            image_embeddings, pe, sparse, dense, *high_res = cast_floats(
+                (image_embeddings, pe, sparse, dense, *high_res), self.dtype)
         if self.object_score or high_res:  # SAM 2's decoder (modeling.sam2_mask_decoder)
             out = self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense,
                                                 high_res_features=tuple(high_res) or None,
                                                 return_tokens=return_tokens)
         else:
             out = self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense, return_tokens=return_tokens)
-        return out if self.dtype == torch.float32 else tuple(t.float() for t in out)
+        return out if self.dtype == torch.float32 else cast_floats(out, torch.float32)
 
 
 def flatten_prompts(

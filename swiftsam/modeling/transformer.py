@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .common import MLPBlock
+from .common import MLPBlock, is_plain
 
 
 class Attention(nn.Module):
@@ -29,7 +29,7 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def _plain_linears(self) -> bool:
-        return all(type(m) is nn.Linear for m in (self.q_proj, self.k_proj, self.v_proj, self.out_proj))
+        return is_plain(self.q_proj, self.k_proj, self.v_proj, self.out_proj)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attention of ``q`` (B x Nq x C) to ``k`` / ``v`` (B x Nk x C; batch 1 broadcasts).

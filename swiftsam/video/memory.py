@@ -16,9 +16,11 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import InputError
+from ..modeling.common import cast_floats
+from ..runtime import PRECISIONS as RUNTIME_PRECISIONS
 
 NO_OBJ_SCORE = -1024.0  # the mask logits of an object that is not in the frame
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # the video path's compute precisions
+PRECISIONS = {name: RUNTIME_PRECISIONS[name] for name in ("fp32", "bf16")}  # the video path's compute precisions
 
 
 def precision_dtype(precision) -> torch.dtype:
@@ -31,23 +33,12 @@ def precision_dtype(precision) -> torch.dtype:
                      f"got {precision!r}")
 
 
-def _cast(x, dtype: torch.dtype):
-    """Floating tensors in ``x`` (a tensor, or lists / tuples / dicts of them) in ``dtype``; the rest as it is."""
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
-    if isinstance(x, (list, tuple)):
-        return type(x)(_cast(v, dtype) for v in x)
-    if isinstance(x, dict):
-        return {k: _cast(v, dtype) for k, v in x.items()}
-    return x
-
-
 def _in_dtype(fn, dtype: torch.dtype):
     """``fn`` (a method of a module copy whose weights are in ``dtype``) taking float32 tensors and returning
     float32: floating inputs are cast to ``dtype`` on entry, floating outputs back to float32."""
 
     def run(*args, **kwargs):
-        return _cast(fn(*_cast(args, dtype), **_cast(kwargs, dtype)), torch.float32)
+        return cast_floats(fn(*cast_floats(args, dtype), **cast_floats(kwargs, dtype)), torch.float32)
 
     return run
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import InputError
-from ..common import inference_cache_key
+from ..common import inference_cache_key, is_plain
 
 # Trunk arguments of the four SAM 2.1 image models (configs/sam2.1/sam2.1_hiera_{t,s,b+,l}.yaml; the
 # base_plus config spells only embed_dim and num_heads and takes Hiera's defaults for the rest).
@@ -168,7 +168,7 @@ class MultiScaleAttention(nn.Module):
         sam2.1-hiera-tiny's encoder on CPU, benchmarks/sam2.md). Any other module there (dynamic quantization,
         fake-quant layers) is called as it is and its output split."""
         qkv, d = self.qkv, self.dim_out
-        if type(qkv) is not nn.Linear:
+        if not is_plain(qkv):
             return qkv(x).chunk(3, dim=-1)
         w, bias = qkv.weight, qkv.bias
         return tuple(F.linear(x, w[i * d:(i + 1) * d], None if bias is None else bias[i * d:(i + 1) * d])
