@@ -137,7 +137,7 @@ class Predictor:
         h, w = (int(v) for v in original_size)
         if h <= 0 or w <= 0:
             raise InputError(f"original_size must be positive (H, W), got {original_size}.")
-        self.features = features.map(lambda t: t.to(self.device))
+        self.features = self.engine.adopt(features)
         self.original_size = (h, w)
         self.is_image_set = True
         self._batch = None

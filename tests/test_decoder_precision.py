@@ -150,3 +150,70 @@ def test_openvino_bf16_decoder_is_close_to_fp32():
     assert get_engine("openvino", model, precision="bf16", cache=False).decoder_precision == "bf16"
     with pytest.raises(EngineError, match="decoder_precision must be fp32 or bf16"):
         get_engine("openvino", model, decoder_precision="int8")
+
+
+# ----------------------------------------------------------------------------- per-call savings (issue 25)
+def test_hypernetwork_stack_matches_each_mlp_and_follows_weight_changes(mobilesam):
+    """The hypernetwork heads run as one batched product per layer; the stacked weights are kept between calls
+    and re-stacked after a weight change (outside inference mode, where the cache key holds version counters)."""
+    import copy
+
+    heads = copy.deepcopy(mobilesam.mask_decoder.output_hypernetworks_mlps)
+    tokens = torch.randn(5, len(heads), 256, generator=torch.Generator().manual_seed(2))
+
+    def each(x):
+        return torch.stack([mlp(x[:, i]) for i, mlp in enumerate(heads)], dim=1)
+
+    with torch.no_grad():
+        assert torch.allclose(heads(tokens), each(tokens), atol=1e-5)
+        kept = heads._cache
+        assert kept is not None and heads(tokens) is not None and heads._cache is kept  # reused, not re-stacked
+        heads[2].layers[1].weight.mul_(-1.5)  # in place: the version counter moves
+        assert torch.allclose(heads(tokens), each(tokens), atol=1e-5)
+        assert heads._cache is not kept
+
+
+@torch.inference_mode()
+def test_dense_pe_in_the_decoder_dtype_is_the_cast_of_float32(mobilesam):
+    pe = mobilesam.prompt_encoder
+    f32, b16 = pe.get_dense_pe(), pe.get_dense_pe(torch.bfloat16)
+    assert f32.dtype == torch.float32 and b16.dtype == torch.bfloat16
+    assert torch.equal(b16, f32.to(torch.bfloat16))
+    # both kept (the same memory again), neither evicts the other
+    assert pe.get_dense_pe(torch.bfloat16).data_ptr() == b16.data_ptr() and pe.get_dense_pe().data_ptr() == f32.data_ptr()
+
+
+@torch.inference_mode()
+def test_torch_engine_keeps_the_cast_features_of_one_image_only(mobilesam):
+    """A bf16 decoder casts an image's features once and reuses them for every prompt, but features of another
+    image (another ImageFeatures) are never answered from that cache."""
+    from swiftsam.modeling.features import ImageFeatures
+
+    engine = get_engine("torch", mobilesam, decoder_dtype="bf16")
+    g = torch.Generator().manual_seed(4)
+    a, b = (ImageFeatures.of(torch.randn(1, 256, 64, 64, generator=g)) for _ in range(2))
+    prompts = flat_prompts()
+    low_a, _ = engine.decode(a, *prompts)
+    kept = engine._decoder_input[1]
+    assert engine.decode(a, *prompts)[0].equal(low_a) and engine._decoder_input[1] is kept
+    low_b, _ = engine.decode(b, *prompts)
+    fresh = get_engine("torch", mobilesam, decoder_dtype="bf16")
+    assert low_b.equal(fresh.decode(b, *prompts)[0]) and not low_b.equal(low_a)
+
+
+@torch.inference_mode()
+def test_features_from_elsewhere_are_adopted_channels_last(mobilesam):
+    """An NCHW embedding (an embedding file, forward_image) is handed to the torch decoder channels-last on a CPU
+    (its tokens are then a view), with the same masks as the NCHW embedding through the plain model."""
+    emb = torch.randn(1, 256, 64, 64, generator=torch.Generator().manual_seed(5))
+    predictor = Predictor(mobilesam, engine="torch")
+    predictor.set_image_embedding(emb, (480, 640))
+    assert predictor.features.embedding.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(predictor.features.embedding, emb)
+    masks, _, _ = predictor.predict(box=np.array([100, 80, 400, 300]), multimask_output=False)
+    other = Predictor(mobilesam, engine="onnxruntime") if have("onnxruntime") else None
+    if other is not None:
+        other.set_image_embedding(emb, (480, 640))
+        assert not other.features.embedding.is_contiguous(memory_format=torch.channels_last)
+        masks_ort, _, _ = other.predict(box=np.array([100, 80, 400, 300]), multimask_output=False)
+        assert (masks == masks_ort).mean() > 0.999

@@ -196,6 +196,8 @@ def _craft_qtinysam(path, monkeypatch, seed=0):
             m.mode, m.w_bit, m.a_bit = "quant_forward", 8, 8
             m.__class__ = fake(cls, "quantization_layer.layers", kind)
             quantized += 1
+        elif cls.__name__ == "MLPStack":  # the hypernetwork heads: a plain ModuleList in TinySAM's code
+            m.__class__ = nn.ModuleList
         elif cls.__module__.startswith("swiftsam"):
             module = where.get(cls.__name__, "tiny_vit_sam")
             if cls.__name__ == "Attention" and "image_encoder" not in name:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..engines.base import Engine
+from ..modeling.features import ImageFeatures
 from ..modeling.prompt_decoder import choose_outputs
 from ..modeling.sam import Sam
 from ..predictor import Predictor
@@ -54,7 +55,8 @@ class SwiftsamWorkloads:
 
     def decoder(self, embedding: torch.Tensor, boxes: np.ndarray, image_size: tuple[int, int]) -> Workload:
         prompts = self.box_prompts(boxes, [image_size] * len(boxes))
-        return lambda: self.predictor.decode(prompts, features=embedding)
+        features = self.engine.adopt(ImageFeatures.of(embedding))  # as set_image leaves them for this engine
+        return lambda: self.predictor.decode(prompts, features=features)
 
     def segment(self, images: Sequence[np.ndarray], boxes: np.ndarray) -> list[torch.Tensor]:
         """One box per image -> its single-mask output (the output policy's "single") at the image's size."""

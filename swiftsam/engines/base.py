@@ -44,6 +44,11 @@ class Engine(ABC):
         B x 1 x 256 x 256, B) -> the ``decode`` stage's outputs: low-res logits B x 4 x 256 x 256, IoU B x 4
         (and SAM 2's object-score logits B x 1)."""
 
+    def adopt(self, features: ImageFeatures) -> ImageFeatures:
+        """Features from elsewhere (an embedding file, the model's own ``forward_image``) on this engine's device
+        and in the memory layout its ``encode`` hands over, which its ``decode`` reads fastest."""
+        return features.map(lambda t: t.to(self.device))
+
     def describe(self) -> str:
         return self.name
 

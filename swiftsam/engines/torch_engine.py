@@ -81,6 +81,7 @@ class TorchEngine(Engine):
         except InputError as e:
             raise EngineError(f"decoder_dtype={decoder_dtype!r}: {e}") from None
         self._graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
+        self._decoder_input: tuple[ImageFeatures, tuple[torch.Tensor, ...]] | None = None  # see ``_decoder_levels``
 
     @property
     def device(self) -> torch.device:
@@ -97,12 +98,16 @@ class TorchEngine(Engine):
             image = image.contiguous(memory_format=torch.channels_last)
         if self.cuda_graphs and image.shape[0] == 1:
             return ImageFeatures.of(self._replay(image))
-        levels = self._run_encoder(image)
-        if self.device.type == "cpu":
-            # the decoder reads the embedding as tokens (B x HW x C): in channels-last memory that is a view, where
-            # NCHW memory costs a transposed copy on every decode call (~3 ms at 64 x 64 x 256 on one core), once here
-            levels = (levels[0].contiguous(memory_format=torch.channels_last), *levels[1:])
-        return ImageFeatures.of(levels)
+        return self.adopt(ImageFeatures.of(self._run_encoder(image)))
+
+    def adopt(self, features: ImageFeatures) -> ImageFeatures:
+        features = super().adopt(features)
+        if self.device.type != "cpu":
+            return features
+        # the decoder reads the embedding as tokens (B x HW x C): in channels-last memory that is a view, where
+        # NCHW memory costs a transposed copy on every decode call (~3 ms at 64 x 64 x 256 on one core), once here;
+        # SAM 2's higher-resolution levels are read per pixel too (the upscaling's skips, channels innermost)
+        return features.map(lambda t: t.contiguous(memory_format=torch.channels_last))
 
     def _replay(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self._graph is None:
@@ -122,11 +127,20 @@ class TorchEngine(Engine):
         graph.replay()
         return tuple(t.clone() for t in static_out)
 
+    def _decoder_levels(self, features: ImageFeatures) -> tuple[torch.Tensor, ...]:
+        """The feature levels on the device in the decoder's precision. The cast copy of the last features seen is
+        kept: a Predictor decodes prompt after prompt against one image's features (features are read-only once
+        made; a bf16 decoder would otherwise cast 1M floats per call, SAM 2's high-resolution levels 3M more)."""
+        if self._decoder_input is not None and self._decoder_input[0] is features:
+            return self._decoder_input[1]
+        levels = tuple(t.to(self.device, self._decoder.dtype) for t in features.levels)
+        self._decoder_input = (features, levels)
+        return levels
+
     @torch.inference_mode()
     def decode(self, features, point_coords, point_labels, mask_input, has_mask_input):
         dev = self.device
-        levels = ImageFeatures.of(features).levels
-        embedding, *high_res = (t.to(dev, torch.float32) for t in levels)
+        embedding, *high_res = self._decoder_levels(ImageFeatures.of(features))
         return tuple(self._decoder(
             embedding, point_coords.to(dev, torch.float32), point_labels.to(dev, torch.float32),
             mask_input.to(dev, torch.float32), has_mask_input.to(dev, torch.float32), *high_res,

@@ -94,6 +94,40 @@ class MLP(nn.Module):
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 
+class MLPStack(nn.ModuleList):
+    """One ``MLP`` per token (the decoders' hypernetwork heads), run as one batched product per layer: B x M x C
+    tokens in, B x M x out out, token i through MLP i. The stacked weights are kept between calls where
+    ``inference_cache_key`` allows. Quantized twins (layers other than ``nn.Linear``) run MLP by MLP."""
+
+    def __init__(self, mlps) -> None:
+        super().__init__(mlps)
+        self._cache: tuple[tuple, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+    def _stacked(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        layers = list(zip(*(mlp.layers for mlp in self)))  # per depth, that layer of every MLP
+        params = [p for group in layers for lin in group for p in (lin.weight, lin.bias)]
+        key = inference_cache_key(*params)
+        if key is not None and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        stacked = [(torch.stack([lin.weight.transpose(0, 1) for lin in group]),  # M x in x out
+                    torch.stack([lin.bias for lin in group])[:, None])  # M x 1 x out
+                   for group in layers]
+        if key is not None:
+            self._cache = (key, stacked)
+        return stacked
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if any(mlp.sigmoid_output or not is_plain(*mlp.layers) for mlp in self):
+            return torch.stack([mlp(tokens[:, i]) for i, mlp in enumerate(self)], dim=1)
+        x = tokens.transpose(0, 1)  # M x B x C
+        stacked = self._stacked()
+        for i, (weight, bias) in enumerate(stacked):
+            x = torch.baddbmm(bias, x, weight)
+            if i < len(stacked) - 1:
+                x = F.relu(x)
+        return x.transpose(0, 1)
+
+
 def set_norm_eps(module: nn.Module, eps: float) -> None:
     """Set ``eps`` of every normalisation layer below ``module`` (EfficientViT-SAM uses 1e-6)."""
     for m in module.modules():

@@ -90,10 +90,10 @@ class PromptDecoder(nn.Module):
         distillation)."""
         sparse = self.embed_flat_points(point_coords, point_labels)
         dense = self.embed_mask(mask_input, has_mask_input)
-        pe = self.prompt_encoder.get_dense_pe()
+        pe = self.prompt_encoder.get_dense_pe(self.dtype)  # kept between calls, in the decoder's dtype
         if self.dtype != torch.float32:
-            image_embeddings, pe, sparse, dense, *high_res = cast_floats(
-                (image_embeddings, pe, sparse, dense, *high_res), self.dtype)
+            image_embeddings, sparse, dense, *high_res = cast_floats(
+                (image_embeddings, sparse, dense, *high_res), self.dtype)
         if self.object_score or high_res:  # SAM 2's decoder (modeling.sam2_mask_decoder)
             out = self.mask_decoder.predict_all(image_embeddings, pe, sparse, dense,
                                                 high_res_features=tuple(high_res) or None,

@@ -17,24 +17,26 @@ class PositionEmbeddingRandom(nn.Module):
         super().__init__()
         scale = 1.0 if scale is None or scale <= 0.0 else scale
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn((2, num_pos_feats)))
-        self._cache: tuple[tuple, torch.Tensor] | None = None  # (key, C x H x W encoding)
+        self._cache: dict[tuple, torch.Tensor] = {}  # key -> C x H x W encoding (see ``forward``)
 
     def _encode(self, coords01: torch.Tensor) -> torch.Tensor:
         projected = (2 * coords01 - 1) @ self.positional_encoding_gaussian_matrix
         projected = 2 * math.pi * projected
         return torch.cat([torch.sin(projected), torch.cos(projected)], dim=-1)
 
-    def forward(self, size: tuple[int, int]) -> torch.Tensor:
-        """Encoding of every cell centre of an ``h x w`` grid, shaped C x H x W. It depends on the size and the
-        projection only, so outside autograd, tracing and compiling the last one is kept
-        (``common.inference_cache_key``): the decoder asks for it on every call."""
+    def forward(self, size: tuple[int, int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Encoding of every cell centre of an ``h x w`` grid, shaped C x H x W (channels-last memory), computed in
+        float32 and given in ``dtype`` (a decoder running in 16 bits). It depends on the size and the projection
+        only, so outside autograd, tracing and compiling it is kept (``common.inference_cache_key``; the last
+        size, in each dtype asked for): the decoder asks for it on every call."""
         key = inference_cache_key(self.positional_encoding_gaussian_matrix)
         if key is None:
-            return self._grid(size)
-        key = (tuple(size), *key)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._grid(size))
-        return self._cache[1]
+            return self._grid(size).to(dtype)
+        key = (tuple(size), dtype, *key)
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] == key[0] and k[2:] == key[2:]}
+            self._cache[key] = self._grid(size).to(dtype)
+        return self._cache[key]
 
     def _grid(self, size: tuple[int, int]) -> torch.Tensor:
         h, w = size
@@ -81,9 +83,9 @@ class PromptEncoder(nn.Module):
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
-    def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid, 1 x C x H x W."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+    def get_dense_pe(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Positional encoding of the image embedding grid, 1 x C x H x W, in ``dtype``."""
+        return self.pe_layer(self.image_embedding_size, dtype).unsqueeze(0)
 
     def embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # centre of the pixel

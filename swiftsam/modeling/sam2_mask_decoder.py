@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .common import MLP, LayerNorm2d
+from .common import MLP, LayerNorm2d, MLPStack
 from .mask_decoder import upscale_masks
 from .transformer import TwoWayTransformer
 
@@ -83,7 +83,7 @@ class Sam2MaskDecoder(nn.Module):
             self.conv_s0 = nn.Conv2d(transformer_dim, transformer_dim // 8, kernel_size=1)
             self.conv_s1 = nn.Conv2d(transformer_dim, transformer_dim // 4, kernel_size=1)
 
-        self.output_hypernetworks_mlps = nn.ModuleList(
+        self.output_hypernetworks_mlps = MLPStack(
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(
@@ -144,9 +144,7 @@ class Sam2MaskDecoder(nn.Module):
                     "(stride-4 features after conv_s0, stride-8 features after conv_s1)"
                 )
             skips = (high_res_features[0], high_res_features[1])
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )
+        hyper_in = self.output_hypernetworks_mlps(mask_tokens_out)  # B x M x C/8
         masks = upscale_masks(self.output_upscaling, src, h, w, hyper_in, skips)
         iou_pred = self.iou_prediction_head(iou_token_out)
         if self.pred_obj_scores:

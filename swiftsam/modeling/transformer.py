@@ -31,8 +31,11 @@ class Attention(nn.Module):
     def _plain_linears(self) -> bool:
         return is_plain(self.q_proj, self.k_proj, self.v_proj, self.out_proj)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attention of ``q`` (B x Nq x C) to ``k`` / ``v`` (B x Nk x C; batch 1 broadcasts).
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of ``q`` (B x Nq x C) to ``k`` / ``v`` (B x Nk x C; batch 1 broadcasts), plus ``residual``
+        (B x Nq x C) if given: the caller's skip connection, which the many-queries path adds inside its last
+        product instead of in a pass of its own.
 
         Between a few prompt tokens and thousands of image tokens, the projections of the image side cost
         far more than the attention itself. When the image side is per prompt (same batch as the tokens) and
@@ -45,17 +48,19 @@ class Attention(nn.Module):
         per_prompt = q.shape[0] == k.shape[0] == v.shape[0]
         if per_prompt and self._plain_linears():
             if nq * h < self.internal_dim < nk:
-                return self._few_queries(q, k, v)
+                out = self._few_queries(q, k, v)
+                return out if residual is None else residual + out
             if nk * h < self.internal_dim < nq:
-                return self._few_keys(q, k, v)
+                return self._few_keys(q, k, v, residual)
         if nk * h < self.internal_dim < nq and k.shape[0] == v.shape[0] and self._plain_linears():
-            return self._few_keys(q, k, v, project_queries=True)
+            return self._few_keys(q, k, v, residual, project_queries=True)
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, fused
         b, h, n, c = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+        out = self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
+        return out if residual is None else residual + out
 
     def _few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Few queries (prompt tokens), many keys (image tokens). Per head, q_h . (W_k,h x + b_k,h) =
@@ -74,17 +79,22 @@ class Attention(nn.Module):
         out = mixed @ wv.transpose(1, 2) + self.v_proj.bias.reshape(h, 1, d)  # B x h x Nq x d
         return self.out_proj(out.transpose(1, 2).reshape(b, nq, h * d))
 
-    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    def _few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None,
                   project_queries: bool = False) -> torch.Tensor:
         """Many queries (image tokens), few keys (prompt tokens). The output projection moves before the
         weighted sum: out = sum_h P_h (V_h W_o,h^T) + b_o, so each image token takes h x Nk weights instead of
-        an internal-width vector and its projection. Unless ``project_queries`` (the queries are shared by
-        every prompt: project them once), the query projection moves onto the keys as well:
+        an internal-width vector and its projection. Each head's weights sum to one, so the output bias rides
+        on the stacked values as b_o / h, and the product adds ``residual`` as it goes (``baddbmm``): no pass
+        over the image tokens of its own. Unless ``project_queries`` (the queries are shared by every prompt:
+        project them once), the query projection moves onto the keys as well:
         (W_q,h x + b_q,h) . k_h = x . (W_q,h^T k_h) + b_q,h . k_h."""
         b = k.shape[0]
         nk, c = k.shape[1], k.shape[2]
         h, d = self.num_heads, self.internal_dim // self.num_heads
         kh = self._heads(self.k_proj(k)) * d ** -0.5  # B x h x Nk x d
+        vh = self._heads(self.v_proj(v))  # B x h x Nk x d
+        wo = self.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)  # h x d x C
+        values = ((vh @ wo) + self.out_proj.bias / h).reshape(b, h * nk, c)  # V_h W_o,h^T + b_o / h, over heads
         # scores keys-major (B x h x Nk x Nq): the softmax over the few keys then runs along the long axis
         if project_queries:
             qh = self._heads(self.q_proj(q))  # Bq x h x Nq x d
@@ -92,14 +102,14 @@ class Attention(nn.Module):
         else:
             wq = self.q_proj.weight.reshape(h, d, c)
             keys = (kh @ wq).reshape(b, h * nk, c)  # B x hNk x C: W_q,h^T k_h
-            bias = kh @ self.q_proj.bias.reshape(h, d, 1)  # B x h x Nk x 1: b_q,h . k_h
-            scores = (q @ keys.transpose(1, 2)).transpose(1, 2).reshape(b, h, nk, -1) + bias  # as _few_queries
-        nq = scores.shape[-1]
-        probs = torch.softmax(scores, dim=2).reshape(b, h * nk, nq)
-        vh = self._heads(self.v_proj(v))  # B x h x Nk x d
-        wo = self.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)  # h x d x C
-        values = (vh @ wo).reshape(b, h * nk, c)  # V_h W_o,h^T, stacked over heads
-        return probs.transpose(1, 2) @ values + self.out_proj.bias
+            bias = (kh @ self.q_proj.bias.reshape(h, d, 1)).reshape(b, 1, h * nk)  # b_q,h . k_h
+            # the image tokens stay the left operand (B x Nq x hNk, bias added inside the product), then one
+            # transposed copy: cheaper than a softmax over rows of Nk
+            scores = torch.baddbmm(bias, q, keys.transpose(1, 2)).transpose(1, 2).reshape(b, h, nk, -1)
+        probs = torch.softmax(scores, dim=2).reshape(b, h * nk, -1).transpose(1, 2)  # B x Nq x hNk
+        if residual is None:
+            return probs @ values
+        return torch.baddbmm(residual, probs, values)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -135,12 +145,11 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        k = keys + key_pe  # both cross attentions see the image tokens as they enter the block
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
-        q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(self.cross_attn_image_to_token(k, queries + query_pe, queries, residual=keys))
         return queries, keys
 
 
