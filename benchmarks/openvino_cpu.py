@@ -108,21 +108,29 @@ def workloads(name: str, impls: list[str], stages: list[str], threads: int, imag
     return calls, skipped
 
 
-def run(calls: dict, warmup: int, iterations: int) -> dict:
+def run(calls: dict, warmup: int, iterations: int, failed: dict) -> dict:
+    """Round-robin timings; a cell that raises (e.g. the authors' predictor under bf16 autocast) is reported in
+    ``failed`` and left out of later iterations instead of ending the run."""
     wall, cpu = {k: [] for k in calls}, {k: [] for k in calls}
     with torch.inference_mode():
         for i in range(warmup + iterations):
             for key, (fn, scope) in calls.items():  # round-robin: every implementation once per iteration
+                if "|".join(key) in failed:
+                    continue
                 t, c = time.perf_counter(), time.process_time()
-                with scope():
-                    fn()
+                try:
+                    with scope():
+                        fn()
+                except Exception as e:  # noqa: BLE001  (recorded, the other cells go on)
+                    failed["|".join(key)] = f"{type(e).__name__}: {e}"
+                    continue
                 if i >= warmup:
                     wall[key].append(time.perf_counter() - t)
                     cpu[key].append(time.process_time() - c)
     return {f"{impl}|{stage}": {"wall_median_s": statistics.median(wall[(impl, stage)]),
                                 "wall_min_s": min(wall[(impl, stage)]),
                                 "cpu_median_s": statistics.median(cpu[(impl, stage)])}
-            for impl, stage in calls}
+            for impl, stage in calls if wall[(impl, stage)]}
 
 
 def main() -> None:
@@ -136,9 +144,16 @@ def main() -> None:
     p.add_argument("--image", default=str(ROOT / "assets" / "snowboard.jpg"))
     p.add_argument("--calib", help="images to make a missing INT8 encoder from (NNCF)")
     p.add_argument("--calib-images", type=int, default=16)
+    p.add_argument("--malloc-tuning", action="store_true",
+                   help="apply swiftsam's glibc malloc setting (runtime.tune_cpu_allocator) from the start, for every "
+                        "implementation; without it only swiftsam's torch engine sets it (process-wide) when made")
     p.add_argument("--out")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.malloc_tuning:
+        from swiftsam.runtime import tune_cpu_allocator
+
+        tune_cpu_allocator()
     image = load_image(a.image)
     doc = {"machine": machine_info(torch.device("cpu")), "config": vars(a), "models": {}}
     with open("/proc/loadavg") as f:
@@ -146,7 +161,9 @@ def main() -> None:
     for name in a.models.split(","):
         calls, skipped = workloads(name, a.impls.split(","), a.stages.split(","), a.threads, image, a.calib,
                                    a.calib_images)
-        doc["models"][name] = {"results": run(calls, a.warmup, a.iterations), "skipped": skipped}
+        failed: dict[str, str] = {}
+        doc["models"][name] = {"results": run(calls, a.warmup, a.iterations, failed), "skipped": skipped,
+                               "failed": failed}
         print(json.dumps({name: doc["models"][name]}, indent=1), flush=True)
     with open("/proc/loadavg") as f:
         doc["loadavg_end"] = f.read().split()[:3]

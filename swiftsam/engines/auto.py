@@ -49,6 +49,10 @@ MEASURED: dict[tuple[str, str], tuple[str, ...]] = {
     ("swiftsam", "fp32"): ("onnxruntime", "openvino", "torch"),  # 100 ms, 101 ms, 121 ms
     ("swiftsam", "bf16"): ("openvino", "torch"),  # 51 ms vs 73 ms
     ("tinyvit", "bf16"): ("openvino", "torch"),  # MobileSAM 627 ms vs 909 ms (same run, same measure)
+    # quiet machine, 2 threads, one process per engine (benchmarks/engines.md, "Every family against the authors' code")
+    ("sam", "bf16"): ("openvino", "torch"),  # ViT-B 2.65 s vs 5.08 s
+    ("efficientvit", "bf16"): ("openvino", "torch"),  # L0 199 ms vs 271 ms, XL0 945 ms vs 1,183 ms
+    ("sam2", "bf16"): ("openvino", "torch"),  # hiera-tiny 882 ms vs 1,236 ms
 }
 
 
