@@ -131,8 +131,9 @@ class TorchEngine(Engine):
         """The feature levels on the device in the decoder's precision. The cast copy of the last features seen is
         kept: a Predictor decodes prompt after prompt against one image's features (features are read-only once
         made; a bf16 decoder would otherwise cast 1M floats per call, SAM 2's high-resolution levels 3M more)."""
-        if self._decoder_input is not None and self._decoder_input[0] is features:
-            return self._decoder_input[1]
+        kept = self._decoder_input  # read once: another thread (a server) may replace it meanwhile
+        if kept is not None and kept[0] is features:
+            return kept[1]
         levels = tuple(t.to(self.device, self._decoder.dtype) for t in features.levels)
         self._decoder_input = (features, levels)
         return levels

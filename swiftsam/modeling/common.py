@@ -107,8 +107,9 @@ class MLPStack(nn.ModuleList):
         layers = list(zip(*(mlp.layers for mlp in self)))  # per depth, that layer of every MLP
         params = [p for group in layers for lin in group for p in (lin.weight, lin.bias)]
         key = inference_cache_key(*params)
-        if key is not None and self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        kept = self._cache  # read once (threads)
+        if key is not None and kept is not None and kept[0] == key:
+            return kept[1]
         stacked = [(torch.stack([lin.weight.transpose(0, 1) for lin in group]),  # M x in x out
                     torch.stack([lin.bias for lin in group])[:, None])  # M x 1 x out
                    for group in layers]

@@ -33,10 +33,12 @@ class PositionEmbeddingRandom(nn.Module):
         if key is None:
             return self._grid(size).to(dtype)
         key = (tuple(size), dtype, *key)
-        if key not in self._cache:
-            self._cache = {k: v for k, v in self._cache.items() if k[0] == key[0] and k[2:] == key[2:]}
-            self._cache[key] = self._grid(size).to(dtype)
-        return self._cache[key]
+        kept = self._cache  # read once, replaced whole (threads)
+        if key not in kept:
+            kept = {k: v for k, v in kept.items() if k[0] == key[0] and k[2:] == key[2:]}
+            kept[key] = self._grid(size).to(dtype)
+            self._cache = kept
+        return kept[key]
 
     def _grid(self, size: tuple[int, int]) -> torch.Tensor:
         h, w = size
