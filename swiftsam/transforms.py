@@ -28,6 +28,32 @@ def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
     return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
+def pil_bilinear_weights(n_in: int | torch.Tensor, n_out: int | torch.Tensor,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """(n_out, n_in) weights of PIL's bilinear resample along one axis (antialiased when shrinking): output i
+    is centred at (i + 0.5) * scale in the input; input j weighs max(0, 1 - |j + 0.5 - centre| / max(scale, 1)),
+    normalised per output. Sizes may be 0-d tensors, so a traced graph keeps them dynamic."""
+    n_in, n_out = torch.as_tensor(n_in), torch.as_tensor(n_out)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    n_in_f, n_out_f = n_in.to(torch.float32), n_out.to(torch.float32)
+    scale = n_in_f / n_out_f
+    support = torch.clamp(scale, min=1.0)
+    centre = (torch.arange(n_out, dtype=torch.float32, device=device) + 0.5) * scale.to(device)
+    j = torch.arange(n_in, dtype=torch.float32, device=device) + 0.5
+    w = torch.clamp(1.0 - torch.abs(j[None, :] - centre[:, None]) / support.to(device), min=0.0)
+    return w / w.sum(dim=1, keepdim=True)
+
+
+def resize_pil_bilinear(x: torch.Tensor, size_in, size_out) -> torch.Tensor:
+    """C x H x W float (0..255) -> C x h x w as PIL's 8-bit bilinear resize (``resize_longest_side``) computes it,
+    in torch on ``x``'s device: horizontally, then vertically, each pass rounded and clipped to 0..255. ``size_in``
+    / ``size_out``: (H, W) and (h, w), ints or 0-d tensors (traced graphs)."""
+    x = torch.matmul(x, pil_bilinear_weights(size_in[1], size_out[1], x.device).t())
+    x = torch.clamp(torch.round(x), 0.0, 255.0)
+    x = torch.matmul(pil_bilinear_weights(size_in[0], size_out[0], x.device), x)
+    return torch.clamp(torch.round(x), 0.0, 255.0)
+
+
 def frame_shape(original_size: tuple[int, int], prompt_size: int, geometry: str = "longest_side_pad") -> tuple[int, int]:
     """(h, w) of the image inside the prompt frame: resized longest side (SAM 1), or the whole square (SAM 2)."""
     if geometry == "square":
@@ -35,21 +61,34 @@ def frame_shape(original_size: tuple[int, int], prompt_size: int, geometry: str 
     return resized_shape(original_size[0], original_size[1], prompt_size)
 
 
-def preprocess_image(image: np.ndarray, spec, device: torch.device | str = "cpu") -> tuple[torch.Tensor, tuple[int, int]]:
+def preprocess_image(image: np.ndarray, spec, device: torch.device | str = "cpu",
+                     resize_on_device: bool | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """H x W x 3 uint8 RGB -> (1 x 3 x S x S tensor: resized as ``spec.geometry`` says (``longest_side_pad``:
     the longer side to S, then zero-padded bottom/right; ``square``: to S x S), normalised with the model's
     pixel mean/std; the resized (h, w)). ``spec`` is the model's ``ImageSpec`` (its contract's ``image``): this
     needs no weights, so an exported model preprocesses alike. ``longest_side_pad`` resizes with PIL's bilinear
-    filter (as SAM's reference), ``square`` as SAM 2 (``preprocess_square``)."""
+    filter (as SAM's reference), ``square`` as SAM 2 (``preprocess_square``, always on ``device``).
+
+    ``resize_on_device`` (default: when ``device`` is not the CPU): upload the uint8 image once and resize it on
+    ``device`` with PIL's filter rebuilt in torch (``resize_pil_bilinear``), instead of PIL on the host; the
+    pixels it gives differ from PIL's by rounding only (``tests/test_device_preprocess.py`` measures it)."""
     s = spec.input_size
     if spec.geometry == "square":
         return preprocess_square(image, spec, device), (s, s)
-    resized = resize_longest_side(image, s)
-    x = torch.from_numpy(np.ascontiguousarray(resized)).to(device).permute(2, 0, 1)[None].float()
+    if resize_on_device is None:
+        resize_on_device = torch.device(device).type != "cpu"
+    h, w = resized_shape(image.shape[0], image.shape[1], s)
+    if resize_on_device:
+        x = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(device).permute(2, 0, 1).float()
+        if (h, w) != image.shape[:2]:
+            x = resize_pil_bilinear(x, image.shape[:2], (h, w))
+        x = x[None]
+    else:
+        resized = resize_longest_side(image, s)
+        x = torch.from_numpy(np.ascontiguousarray(resized)).to(device).permute(2, 0, 1)[None].float()
     mean = torch.tensor(spec.pixel_mean, device=x.device).view(-1, 1, 1)
     std = torch.tensor(spec.pixel_std, device=x.device).view(-1, 1, 1)
     x = (x - mean) / std
-    h, w = resized.shape[:2]
     return F.pad(x, (0, s - w, 0, s - h)), (h, w)
 
 

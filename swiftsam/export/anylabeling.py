@@ -37,6 +37,7 @@ from torch import nn
 from ..errors import EngineError
 from ..modeling.prompt_decoder import PromptDecoder
 from ..modeling.segmenter import Segmenter
+from ..transforms import resize_pil_bilinear
 from ..utils import atomic_path, host_tag
 from .onnx import OPSET, SamOnnxDecoder, _require_onnx, _trace, check_graph
 
@@ -47,19 +48,6 @@ PROMPT_FRAME = 1024  # the segment_anything loader maps prompts into a 1024-pixe
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what the segment_anything_2 loader normalises with (0..1 units)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SAM2_LEVELS = ("image_embed", "high_res_feats_0", "high_res_feats_1")
-
-
-def _pil_bilinear_weights(n_in: torch.Tensor, n_out: torch.Tensor) -> torch.Tensor:
-    """(n_out, n_in) weights of PIL's bilinear resample along one axis (antialiased when shrinking): output i
-    is centred at (i + 0.5) * scale in the input; input j weighs max(0, 1 - |j + 0.5 - centre| / max(scale, 1)),
-    normalised per output. Sizes are 0-d tensors, so a traced graph keeps them dynamic."""
-    n_in_f, n_out_f = n_in.to(torch.float32), n_out.to(torch.float32)
-    scale = n_in_f / n_out_f
-    support = torch.clamp(scale, min=1.0)
-    centre = (torch.arange(n_out, dtype=torch.float32) + 0.5) * scale
-    j = torch.arange(n_in, dtype=torch.float32) + 0.5
-    w = torch.clamp(1.0 - torch.abs(j[None, :] - centre[:, None]) / support, min=0.0)
-    return w / w.sum(dim=1, keepdim=True)
 
 
 class RawImageEncoder(nn.Module):
@@ -78,10 +66,7 @@ class RawImageEncoder(nn.Module):
         hw = torch._shape_as_tensor(image)[:2]  # traced: H and W stay graph inputs
         hw_f = hw.to(torch.float32)
         new = torch.floor(hw_f * (self.size / hw_f.max()) + 0.5).to(torch.int64)  # transforms.resized_shape
-        x = image.to(torch.float32).permute(2, 0, 1)  # 3 x H x W
-        # PIL resizes horizontally, then vertically, each pass rounded and clipped to 8 bits
-        x = torch.clamp(torch.round(torch.matmul(x, _pil_bilinear_weights(hw[1], new[1]).t())), 0.0, 255.0)
-        x = torch.clamp(torch.round(torch.matmul(_pil_bilinear_weights(hw[0], new[0]), x)), 0.0, 255.0)
+        x = resize_pil_bilinear(image.to(torch.float32).permute(2, 0, 1), hw, new)  # 3 x h x w, as PIL's 8 bits
         x = (x[None] - self.mean) / self.std
         x = nn.functional.pad(x, (0, self.size - new[1], 0, self.size - new[0]))
         out = self.stage(x)
