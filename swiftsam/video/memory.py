@@ -424,7 +424,8 @@ class Sam2Tracker:
             mask_inputs = F.interpolate(mask_inputs.float(), size=pe.mask_input_size, mode="bilinear",
                                         align_corners=False, antialias=True)
         sparse, dense = self._embed_prompts(coords, labels, mask_inputs)
-        low_multi, ious, tokens, obj_scores = self.decode(pix, pe.get_dense_pe(), sparse, dense, feats, multimask)
+        image_pe = pe.get_dense_pe(self.dtype)  # kept in the tracker's dtype: no cast per frame
+        low_multi, ious, tokens, obj_scores = self.decode(pix, image_pe, sparse, dense, feats, multimask)
         appearing = obj_scores > 0
         low_multi = torch.where(appearing[:, None, None], low_multi, NO_OBJ_SCORE).float()
         high_multi = F.interpolate(low_multi, size=(self.image_size, self.image_size), mode="bilinear",
