@@ -13,16 +13,80 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from .errors import InputError
+
 Masks = Union[np.ndarray, torch.Tensor]
 
 
-def encode_rle(masks: np.ndarray) -> list[dict]:
-    """COCO RLEs (compressed, ``counts`` as str) of N x H x W boolean masks."""
+def encode_rle(masks: Masks) -> list[dict]:
+    """COCO RLEs (compressed, ``counts`` as str) of N x H x W boolean masks.
+
+    A torch tensor on an accelerator is encoded there (``encode_rle_torch``), so only the RLE strings come
+    back; one in host memory goes to pycocotools like an array (the same bytes, and faster on a CPU).
+    """
+    if isinstance(masks, torch.Tensor):
+        if masks.device.type != "cpu":
+            return encode_rle_torch(masks)
+        masks = masks.detach().numpy()
     if len(masks) == 0:
         return []
     rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
     for r in rles:
         r["counts"] = r["counts"].decode("ascii")
+    return rles
+
+
+def encode_rle_torch(masks: torch.Tensor) -> list[dict]:
+    """COCO RLEs of an N x H x W bool (or 0/1) tensor, computed on its device: the same bytes as ``encode_rle``.
+
+    COCO RLEs run down columns and start with a run of zeros (of length 0 when the first pixel is set). The
+    run lengths and their compressed string (pycocotools' ``rleToString``: each count, less the count two
+    before it from the fourth on, as signed 5-bit groups, low first, +48, bit 0x20 = "more follows") are
+    computed with tensor ops, so only the strings' bytes and their lengths leave the device.
+    """
+    if masks.ndim != 3:
+        raise InputError(f"masks must be N x H x W, got a tensor of shape {tuple(masks.shape)}; "
+                         "add a leading axis for a single mask (mask[None]).")
+    n, h, w = masks.shape
+    if n == 0:
+        return []
+    dev, size = masks.device, h * w
+    flat = masks.transpose(1, 2).reshape(n, size)  # column-major pixel order (copies if not contiguous)
+    flat = flat if flat.dtype == torch.bool else flat != 0
+    # a run ends before every pixel that differs from the previous one (a set first pixel ends a zero run)
+    change = flat.clone()
+    change[:, 1:] ^= flat[:, :-1]
+    m_idx, pos = change.nonzero(as_tuple=True)  # sorted by mask, then position
+    del change, flat
+    runs = torch.bincount(m_idx, minlength=n) + 1  # per mask: one run more than it has changes
+    first = torch.cumsum(runs, 0) - runs  # index of each mask's first run
+    ends = torch.full((int(m_idx.numel()) + n,), size, dtype=torch.int64, device=dev)
+    ends[torch.arange(m_idx.numel(), device=dev) + m_idx] = pos
+    starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+    starts[first] = 0
+    counts = ends - starts
+    run_mask = torch.repeat_interleave(torch.arange(n, device=dev), runs)
+    local = torch.arange(counts.numel(), device=dev) - first[run_mask]
+    x = counts.clone()
+    x[2:] -= torch.where(local[2:] > 2, counts[:-2], 0)
+    # signed 5-bit groups: |x| <= size, so `width` groups always suffice
+    width = 1
+    while (1 << (5 * width - 1)) <= size:
+        width += 1
+    # each count takes the fewest groups k that hold it as a 5k-bit signed number
+    k = torch.ones_like(x)
+    for bits in range(5, 5 * width, 5):
+        k += (x < -(1 << (bits - 1))) | (x >= 1 << (bits - 1))
+    shifts = torch.arange(width, device=dev)
+    groups = (x[:, None] >> shifts * 5) & 0x1F  # arithmetic shift: negative deltas sign-extend
+    written, more = shifts < k[:, None], shifts < k[:, None] - 1
+    chars = (groups | more.to(torch.int64) << 5) + 48
+    data = chars[written].to(torch.uint8).cpu().numpy().tobytes()
+    lengths = torch.zeros(n, dtype=torch.int64, device=dev).index_add_(0, run_mask, k).tolist()
+    rles, at = [], 0
+    for length in lengths:
+        rles.append({"size": [h, w], "counts": data[at: at + length].decode("ascii")})
+        at += length
     return rles
 
 

@@ -414,22 +414,24 @@ class MaskGenerator:
         parts = []
         for start in range(0, len(idx), UPSAMPLE_CHUNK):
             sel = idx[start:start + UPSAMPLE_CHUNK]
+            # full-size logits and masks stay on the engine's device; only per-mask numbers, the coverage
+            # map and the RLE strings come back to the host
             logits = postprocess_masks(low[sel.to(low.device)][:, None].float(), crop_hw, ps,
-                                       self.model.spec.geometry)[:, 0].cpu()
-            stab = stability_score(logits, thr, self.stability_score_offset)
+                                       self.model.spec.geometry)[:, 0]
+            stab = stability_score(logits, thr, self.stability_score_offset).cpu()
             ok = stab >= self.stability_score_thresh if self.stability_score_thresh > 0 else torch.ones_like(stab, dtype=torch.bool)
             if len(stab):
                 self.stats.max_stability = _max(self.stats.max_stability, float(stab.nan_to_num(0).max()))
-            logits, sel, stab = logits[ok], sel[ok], stab[ok]
+            logits, sel, stab = logits[ok.to(logits.device)], sel[ok], stab[ok]
             self.stats.masks_stable += len(sel)
             if coverage is not None and len(sel):
-                coverage |= (logits > self.high_score_thresh).any(dim=0)
+                coverage |= (logits > self.high_score_thresh).any(dim=0).cpu()
             masks = logits > thr
-            boxes = masks_to_boxes(masks)
+            boxes = masks_to_boxes(masks).cpu()
             edge = near_crop_edge(boxes, crop, image_box)
-            masks, sel, stab, boxes = masks[~edge], sel[~edge], stab[~edge], boxes[~edge]
+            masks, sel, stab, boxes = masks[~edge.to(masks.device)], sel[~edge], stab[~edge], boxes[~edge]
             parts.append(Candidates(
-                rles=encode_rle(masks.numpy()), boxes=boxes.float(), iou=iou[sel], stability=stab.float(),
+                rles=encode_rle(masks), boxes=boxes.float(), iou=iou[sel], stability=stab.float(),
                 points=points[sel], prompt_boxes=prompt_boxes[sel], crop_boxes=torch.zeros(len(sel), 4),
             ))
         return Candidates.cat(parts)

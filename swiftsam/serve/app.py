@@ -333,7 +333,7 @@ def _segment_result(state: ServerState, out: Decoded, original_size: tuple[int, 
     with torch.inference_mode():
         for i in range(low.shape[0]):  # one prompt at a time: bounded memory on large images
             up = postprocess_masks(low[i: i + 1].float(), original_size, c.image.prompt_size, c.image.geometry)[0]
-            rles = encode_rle((up > threshold).cpu().numpy())
+            rles = encode_rle(up > threshold)  # encoded on the model's device: only the RLEs come back
             xyxy = [[x, y, x + w, y + h] for x, y, w, h in (rle_bbox(r) for r in rles)]
             s = [round(float(v), 6) for v in iou[i].tolist()]
             if multimask:
