@@ -25,6 +25,8 @@ from .transforms import frame_shape, postprocess_masks, preprocess_image
 from .utils import save_torch_atomic
 
 EMBEDDING_FORMAT = "swiftsam-embedding/1"
+IMAGE_BATCH_PROMPTS = 64  # prompts per decoder call in predict_batch after set_image_batch (memory: one image's
+# features per prompt, ~16 MB each for SAM 2)
 
 
 class Predictor:
@@ -231,8 +233,9 @@ class Predictor:
         (B, 1, 256, 256). Returns masks (B, C, H, W), scores (B, C), low-res logits (B, C, 256, 256).
 
         After ``set_image_batch`` it is SAM2ImagePredictor's ``predict_batch``: each argument is a list with one
-        entry per image (None where an image has none; an entry is what ``predict`` takes), and it returns
-        lists of masks, scores and low-res logits, one per image.
+        entry per image (None where an image has none; an entry is what ``predict`` takes, or several prompts as
+        here), and it returns lists of masks, scores and low-res logits, one per image. The prompts of all images
+        are decoded together (one decoder call per prompt shape and 64 prompts), each against its own image.
         """
         if self._batch is not None:
             return self._predict_image_batch(point_coords, point_labels, boxes, mask_input, multimask_output,
@@ -269,6 +272,10 @@ class Predictor:
 
     def _predict_image_batch(self, point_coords, point_labels, boxes, mask_input, multimask_output, return_logits,
                              normalize_coords) -> tuple[list, list, list]:
+        """``predict_batch`` after ``set_image_batch``: the prompts of all images decoded together, up to
+        ``IMAGE_BATCH_PROMPTS`` per decoder call (each prompt against its own image's features), prompts of one
+        shape (number of point tokens) per call, as a decoder pads nothing between prompts; then each image's
+        masks upsampled to its own size."""
         entries = self._batch
         n = len(entries)
 
@@ -281,26 +288,60 @@ class Predictor:
 
         args = [per_image(a, w) for a, w in ((point_coords, "point_coords_batch"), (point_labels, "point_labels_batch"),
                                               (boxes, "box_batch"), (mask_input, "mask_input_batch"))]
+        batches, single = [], []
+        for (_, size), c, lab, b, m in zip(entries, *args):
+            c = None if c is None else np.asarray(c, np.float64)
+            b = None if b is None else np.asarray(b, np.float64)
+            one = not (b is not None and b.ndim == 2 and len(b) > 1 or c is not None and c.ndim == 3)
+            if one:  # one prompt, as ``predict`` takes it
+                c, lab, m = (None if a is None else np.asarray(a)[None] for a in (c, lab, m))
+                b = None if b is None else b.reshape(1, 4) if b.size == 4 else b[None]  # a bad one: check_boxes says
+            if not normalize_coords:
+                h, w = size
+                c = None if c is None else c * (w, h)
+                b = None if b is None else b * (w, h, w, h)
+            batches.append(PromptBatch.from_pixels(self.contract, size, c, lab, b, m, device=self.device))
+            single.append(one)
+        decoded = self._decode_image_batch([f for f, _ in entries], batches)
         out: tuple[list, list, list] = ([], [], [])
-        try:
-            for i, (features, size) in enumerate(entries):
-                self.features, self.original_size = features, size
-                c, lab, b, m = (a[i] for a in args)
-                b = None if b is None else np.asarray(b, np.float64)
-                if b is not None and b.ndim == 2 and len(b) > 1 or c is not None and np.asarray(c).ndim == 3:
-                    if not normalize_coords:  # several prompts on this image
-                        h, w = size
-                        c = None if c is None else np.asarray(c, np.float64) * (w, h)
-                        b = None if b is None else b * (w, h, w, h)
-                    res = self._predict_prompts(c, lab, b, m, multimask_output, return_logits)
-                else:
-                    b = None if b is None else b.reshape(4)
-                    res = self.predict(c, lab, b, m, multimask_output, return_logits, normalize_coords)
-                for acc, r in zip(out, res):
-                    acc.append(r)
-        finally:
-            self.features, self.original_size = entries[0]
+        request = "multimask" if multimask_output else "single"
+        for (_, size), one, (low, iou) in zip(entries, single, decoded):
+            low, iou = choose_outputs(low, iou, request, **self.contract.output_policy())
+            masks = postprocess_masks(low, size, self.contract.image.prompt_size, self.contract.image.geometry)
+            if not return_logits:
+                masks = masks > self.model.mask_threshold
+            if self.contract.low_res_clamp is not None:
+                low = low.clamp(-self.contract.low_res_clamp, self.contract.low_res_clamp)
+            res = masks.cpu().numpy(), iou.float().cpu().numpy(), low.float().cpu().numpy()
+            for acc, r in zip(out, res):
+                acc.append(r[0] if one else r)
         return out
+
+    def _decode_image_batch(self, features: list[ImageFeatures], batches: list[PromptBatch]
+                            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every output (low-res logits, IoU) of the prompts ``batches[i]`` on the image of ``features[i]``."""
+        results: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in batches]
+        for tokens in dict.fromkeys(p.point_coords.shape[1] for p in batches):
+            group = [i for i, p in enumerate(batches) if p.point_coords.shape[1] == tokens]
+            prompts = PromptBatch.cat([batches[i] for i in group])
+            ends = np.cumsum([len(batches[i]) for i in group])  # image group[j] has prompts ends[j-1]:ends[j]
+            if len(group) > 1:
+                gather = [_stack_levels([features[i].levels[k] for i in group], self.device)
+                          for k in range(len(features[0].levels))]
+                owner = torch.repeat_interleave(torch.arange(len(group)), torch.as_tensor(ends - np.r_[0, ends[:-1]]))
+            for start in range(0, len(prompts), IMAGE_BATCH_PROMPTS):
+                stop = min(len(prompts), start + IMAGE_BATCH_PROMPTS)
+                if len(group) == 1:  # one image: its features once, shared by its prompts
+                    feats = features[group[0]]
+                else:
+                    index = owner[start:stop].to(self.device)
+                    feats = ImageFeatures.of([take(index) for take in gather])
+                low, iou = self.decode(prompts[start:stop], feats)
+                for i, first, last in zip(group, np.r_[0, ends[:-1]], ends):
+                    lo, hi = max(first, start), min(last, stop)
+                    if lo < hi:
+                        results[i].append((low[lo - start:hi - start], iou[lo - start:hi - start]))
+        return [(torch.cat([r[0] for r in parts]), torch.cat([r[1] for r in parts])) for parts in results]
 
     def _predict_prompts(self, point_coords, point_labels, boxes, mask_input, multimask_output, return_logits):
         prompts = PromptBatch.from_pixels(self.contract, self.original_size, point_coords, point_labels, boxes,
@@ -406,3 +447,13 @@ class Predictor:
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise InputError("no image set: call set_image(...) (or load_embedding) before predicting.")
+
+
+def _stack_levels(parts: list[torch.Tensor], device: torch.device):
+    """One feature level of several images, and a function that gathers its rows (one per prompt) in the memory
+    layout the level has (channels-last on a CPU, which the decoder reads without a transposed copy)."""
+    if parts[0].is_contiguous(memory_format=torch.channels_last) and not parts[0].is_contiguous():
+        stacked = torch.cat([t.permute(0, 2, 3, 1) for t in parts]).to(device)  # N x h x w x C, contiguous
+        return lambda index: stacked.index_select(0, index).permute(0, 3, 1, 2)
+    stacked = torch.cat(parts).to(device)
+    return lambda index: stacked.index_select(0, index)

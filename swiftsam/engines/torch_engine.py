@@ -11,6 +11,7 @@ from ..modeling.segmenter import Segmenter
 from ..runtime import PRECISIONS, autocast, tune_cpu_allocator
 from .base import Engine
 from .optimize import count_foldable, fold_batch_norms
+from .static_decoder import CudaGraphDecoder, StaticShapeDecoder
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -26,7 +27,8 @@ class TorchEngine(Engine):
     benchmarks/engines.md.
     ``compile`` wraps the encoder in ``torch.compile`` (default mode with weight freezing, or
     ``compile_mode``; the first call compiles, which takes tens of seconds); ``cuda_graphs``
-    captures the encoder for a fixed batch of 1 on a CUDA device and replays it. ``fold_bn``
+    captures the encoder for a fixed batch of 1 on a CUDA device and replays it, and the decoder once per
+    prompt-count bucket (1, 2, 4, ... 64 prompts, padded: ``static_decoder``) and prompt shape. ``fold_bn``
     (default on) runs a copy of the encoder with every batch norm folded into its conv: exact up to
     float rounding, and 10-20% faster for the convolutional encoders on CPU. The folded copy is a
     snapshot: build a new engine (or Predictor) after changing the model's weights.
@@ -80,6 +82,7 @@ class TorchEngine(Engine):
             self._decoder = PromptDecoder(model, PRECISIONS[decoder_dtype])
         except InputError as e:
             raise EngineError(f"decoder_dtype={decoder_dtype!r}: {e}") from None
+        self._decode = StaticShapeDecoder(CudaGraphDecoder(self._decoder)) if cuda_graphs else self._decoder
         self._graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
         self._decoder_input: tuple[ImageFeatures, tuple[torch.Tensor, ...]] | None = None  # see ``_decoder_levels``
 
@@ -142,7 +145,7 @@ class TorchEngine(Engine):
     def decode(self, features, point_coords, point_labels, mask_input, has_mask_input):
         dev = self.device
         embedding, *high_res = self._decoder_levels(ImageFeatures.of(features))
-        return tuple(self._decoder(
+        return tuple(self._decode(
             embedding, point_coords.to(dev, torch.float32), point_labels.to(dev, torch.float32),
             mask_input.to(dev, torch.float32), has_mask_input.to(dev, torch.float32), *high_res,
         ))

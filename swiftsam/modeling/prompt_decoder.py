@@ -63,10 +63,15 @@ class PromptDecoder(nn.Module):
             emb = emb + (labels == i) * kind.weight
         return emb
 
-    def embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+    def embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor,
+                   mask_prompts: bool | None = None) -> torch.Tensor:
+        """``mask_prompts``: whether any prompt has a mask input, when the caller knows (a captured CUDA graph
+        may not read it from the device); None: read from ``has_mask_input``."""
         pe = self.prompt_encoder
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        if not exporting and not bool(has_mask_input.any()):
+        if mask_prompts is None and not exporting:
+            mask_prompts = bool(has_mask_input.any())
+        if mask_prompts is False:
             # eager shortcut (exported graphs stay branch-free): no mask prompt anywhere, so skip the
             # downscaling convs on B all-zero masks; the result is the same broadcast embedding
             return pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
@@ -82,14 +87,15 @@ class PromptDecoder(nn.Module):
         has_mask_input: torch.Tensor,
         *high_res: torch.Tensor,
         return_tokens: bool = False,
+        mask_prompts: bool | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """image_embeddings 1 (or B) x C x h x w; point_coords B x N x 2 in the prompt frame; point_labels B x N;
         mask_input B x 1 x 4h x 4w; has_mask_input B (1.0 or 0.0); ``high_res``: SAM 2's higher-resolution
         levels (1 or B each), in the contract's order. Returns low-res logits B x 4 x 4h x 4w and IoU B x 4, then
         for SAM 2 the object-score logits B x 1; ``return_tokens``: also the decoder's output tokens (for
-        distillation)."""
+        distillation); ``mask_prompts``: see ``embed_mask``."""
         sparse = self.embed_flat_points(point_coords, point_labels)
-        dense = self.embed_mask(mask_input, has_mask_input)
+        dense = self.embed_mask(mask_input, has_mask_input, mask_prompts)
         pe = self.prompt_encoder.get_dense_pe(self.dtype)  # kept between calls, in the decoder's dtype
         if self.dtype != torch.float32:
             image_embeddings, sparse, dense, *high_res = cast_floats(
