@@ -10,8 +10,10 @@ the same cells as ``swiftsam bench --device cuda ...``; the command of each is r
                        eager; the encoder's own throughput at that batch (compiled bf16 and eager), and the
                        pipeline / encoder ratio (target >= 2,000 img/s and >= 70% of the compiled encoder);
 - mobilesam_pipeline   the same for mobilesam (target >= 700 img/s);
-- decoder              nanosam-r18's decoder, 1 and 64 box prompts, torch fp32 and bf16 (the engine's
-                       decoder_dtype follows its dtype), eager and with CUDA graphs (target <= 1 ms / <= 5 ms);
+- decoder              the CUDA-graph decoder's agreement with the eager one (nanosam-r18, sam2.1-hiera-tiny;
+                       1 to 70 boxes, with and without mask inputs); nanosam-r18's decoder, 1 and 64 box prompts,
+                       torch fp32 and bf16 (the engine's decoder_dtype follows its dtype), eager and with CUDA
+                       graphs (the encoder at batch 1, the decoder per prompt-count bucket; target <= 1 ms / <= 5 ms);
 - efficientvit_reference  efficientvit-sam-l0's encoder vs the authors' code (`--compare-reference`) at batch 1
                        and 32, fp32 and bf16, ratios in the same precision; with and without channels_last;
 - train                the train-masks teacher recipe (benchmarks/configs/swiftsam-teacher.yaml: a ResNet34 SAM
@@ -241,7 +243,43 @@ def pipeline_section(section: dict, plan: Plan, model: str, target: float) -> No
         s["met"] = s["pipeline_img_s"] >= target and share_ok
 
 
+def decoder_agreement(name: str, plan: Plan) -> dict:
+    """The CUDA-graph decoder (padded to prompt-count buckets, one graph each) against the eager one on the same
+    features and prompts: max |difference| of every output, per prompt count and mask input. Without CUDA (a
+    smoke run) the same comparison runs the bucketed decoder eagerly, which checks the padding alone."""
+    from swiftsam.bench.sweep import _build_model
+    from swiftsam.engines import get_engine
+    from swiftsam.engines.static_decoder import StaticShapeDecoder
+    from swiftsam.modeling.features import ImageFeatures
+    from swiftsam.prompts import PromptBatch
+
+    model = _build_model(name, plan.size, plan.device, 0).eval()
+    eager = get_engine("torch", model)
+    if plan.cuda_graphs:
+        other, what = get_engine("torch", model, cuda_graphs=True), "cuda_graphs"
+    else:
+        other, what = get_engine("torch", model), "bucketed eager decoder (no CUDA)"
+        other._decode = StaticShapeDecoder(lambda inputs, m: other._decoder(*inputs, mask_prompts=m))
+    g = torch.Generator().manual_seed(0)
+    feats = ImageFeatures.of([torch.randn(1, f.channels, f.size, f.size, generator=g).to(plan.device)
+                              for f in model.contract.features])
+    diffs = {}
+    for n, masks in ((1, False), (3, True), (6, False)) if plan.smoke else ((1, False), (3, True), (64, False),
+                                                                             (70, False), (64, True)):
+        xy = torch.rand(n, 2, generator=g) * 600
+        boxes = torch.cat([xy, xy + 20 + torch.rand(n, 2, generator=g) * 300], 1)
+        mask = torch.randn(n, 1, *model.contract.mask_input_size, generator=g) if masks else None
+        batch = PromptBatch.from_frame(model.contract, None, None, boxes, mask).to(plan.device)
+        with torch.inference_mode():
+            want, got = eager.decode(feats, *batch.tensors()), other.decode(feats, *batch.tensors())
+        diffs[f"{n} box(es){' + mask input' if masks else ''}"] = max(
+            float((a - b).abs().max()) for a, b in zip(got, want))
+    graphs = getattr(other._decode.run, "graphs", None)
+    return {"what": what, "max_abs_diff": diffs, "graphs_captured": None if graphs is None else len(graphs)}
+
+
 def decoder_section(section: dict, plan: Plan) -> None:
+    section["agreement"] = {name: decoder_agreement(name, plan) for name in ("nanosam-r18", "sam2.1-hiera-tiny")}
     engines = ["torch"] + (["torch-cudagraphs"] if plan.cuda_graphs else [])
     if not plan.cuda_graphs:
         section["notes"].append("torch-cudagraphs needs CUDA: not run")
@@ -497,6 +535,10 @@ def markdown(doc: dict) -> str:
     ms = "; ".join(f"{k.replace(' ms', '')} {v:.2f} ms" for k, v in sm.get("ms", {}).items())
     lines.append(f"| decoder 1 box <= 1 ms, 64 boxes <= 5 ms | {ms or why(sec) or '-'} | nanosam-r18, "
                  f"torch engine (decoder_dtype = dtype) | {met(sec)} |")
+    for name, a in sec.get("agreement", {}).items():
+        worst = max(a["max_abs_diff"].values(), default=None)
+        lines.append(f"| {name} decoder, {a['what']} vs eager | max abs diff {_f(worst, '{:.1e}')} over "
+                     f"{', '.join(a['max_abs_diff'])} | {a['graphs_captured'] or 0} graphs | - |")
     sec = s.get("train", {})
     sm = sec.get("summary", {})
     c = sec.get("config", {})
