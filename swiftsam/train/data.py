@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 from ..image_io import list_images
-from ..transforms import resize_longest_side
+from ..transforms import preprocess_image, resize_longest_side
+from .prompts import low_res_targets
 
 if TYPE_CHECKING:
     from ..modeling.sam import ImageSpec
@@ -59,12 +60,91 @@ def crop_box(rng: np.random.Generator, h: int, w: int, scale: tuple[float, float
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def normalize(image: np.ndarray, spec: ImageSpec) -> torch.Tensor:
-    """H x W x 3 uint8 RGB -> 3 x H x W float, normalised with the model's pixel mean and std (``spec``:
-    ``model.spec``), as ``Sam.preprocess`` does."""
-    mean, std = np.asarray(spec.pixel_mean, dtype=np.float32), np.asarray(spec.pixel_std, dtype=np.float32)
-    x = (image.astype(np.float32) - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+def normalize_pixels(pixels: torch.Tensor, spec: ImageSpec, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """B x 3 x S x S uint8 -> float32 normalised with the model's pixel mean and std, on ``pixels``' device (a
+    GPU run normalises there the uint8 batch its loader made). ``valid`` (B x 2, optional): each image's resized
+    (h, w); outside it the result is 0, as ``preprocess_image`` pads after normalising. The same float32
+    operations as ``preprocess_image``: equal values (``tests/test_train_feed.py``)."""
+    mean = torch.tensor(spec.pixel_mean, device=pixels.device).view(-1, 1, 1)
+    std = torch.tensor(spec.pixel_std, device=pixels.device).view(-1, 1, 1)
+    x = (pixels.float() - mean) / std
+    if valid is not None:
+        valid = valid.to(pixels.device)
+        rows = torch.arange(x.shape[-2], device=x.device)[None, :, None] < valid[:, 0, None, None]
+        cols = torch.arange(x.shape[-1], device=x.device)[None, None, :] < valid[:, 1, None, None]
+        x = x.masked_fill(~(rows & cols)[:, None], 0.0)
+    return x
+
+
+def encoder_pixels(image: np.ndarray, spec: ImageSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM 1's geometry (``longest_side_pad``): H x W x 3 uint8 -> (3 x S x S uint8: resized as ``preprocess_image``
+    resizes on the CPU (``resize_longest_side``: the longer side to S, PIL's bilinear filter), zero-padded
+    bottom / right; the resized (h, w)). ``normalize_pixels`` with that (h, w) gives ``preprocess_image``'s input."""
+    s = spec.input_size
+    resized = resize_longest_side(image, s)
+    h, w = resized.shape[:2]
+    out = torch.zeros(3, s, s, dtype=torch.uint8)
+    out[:, :h, :w] = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)
+    return out, torch.tensor([h, w])
+
+
+class EncoderInputs:
+    """The encoder inputs each sample carries for a recipe's models, made in the loader's workers (so the
+    training loop only copies a ready batch to the device). ``specs``: role (``student``, ``teacher``) -> that
+    model's ``ImageSpec``; ``key[role]`` names the batch entry of its input; models whose inputs would be equal
+    share one entry. ``sample(image)`` makes one sample's entries, ``batch_input`` a role's B x 3 x S x S input.
+
+    Images go to each model's input as its ``preprocess`` takes them on the CPU (``preprocess_image``: SAM 1
+    resizes the longer side and pads, SAM 2 resizes to the square); with ``crops=True`` (distillation crops) as
+    ``DistillImages`` does, resized to S x S with PIL's bilinear filter whatever the geometry.
+
+    ``uint8=False`` (CPU runs): the float32 input, normalised in the worker, one per distinct spec.
+    ``uint8=True`` (GPU runs): one 3 x S x S uint8 image per distinct input size, resized (and zero-padded:
+    ``encoder_pixels``, with ``KEY_hw``, its resized h, w), a quarter of the bytes to pin and copy;
+    ``batch_input`` normalises it on the device to the same values. SAM 2's square resize of ``preprocess_image``
+    works in float, so that input stays float32."""
+
+    def __init__(self, specs: dict[str, ImageSpec], uint8: bool = False, crops: bool = False) -> None:
+        self.specs, self.crops, self.key, self.uint8 = dict(specs), crops, {}, {}
+        made: dict[tuple, str] = {}
+        for role, spec in self.specs.items():
+            as_uint8 = uint8 and (crops or spec.geometry == "longest_side_pad")
+            same = (spec.input_size, spec.geometry) if as_uint8 else (
+                spec.input_size, spec.geometry, tuple(spec.pixel_mean), tuple(spec.pixel_std))
+            self.key[role] = made.setdefault((as_uint8, same), role)
+            self.uint8[role] = as_uint8
+
+    def sample(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """One sample's entries from its H x W x 3 uint8 RGB image (or crop)."""
+        out: dict[str, torch.Tensor] = {}
+        crop = Image.fromarray(image) if self.crops else None
+        resized: dict[int, torch.Tensor] = {}
+        for role, key in self.key.items():
+            if key != role:
+                continue
+            spec = self.specs[role]
+            if crop is not None:
+                s = spec.input_size
+                if s not in resized:
+                    resized[s] = torch.from_numpy(np.array(crop.resize((s, s), Image.BILINEAR))).permute(2, 0, 1)
+                out[key] = resized[s] if self.uint8[role] else normalize_pixels(resized[s][None], spec)[0]
+            elif self.uint8[role]:
+                out[key], out[f"{key}_hw"] = encoder_pixels(image, spec)
+            else:
+                out[key] = preprocess_image(image, spec, "cpu")[0][0]
+        return out
+
+    def batch_input(self, batch: dict, role: str, rows: list[int] | None = None) -> torch.Tensor:
+        """The B x 3 x S x S float input of the model ``role`` for the batch (its ``rows`` only, when given), on
+        the device the batch is on."""
+        key = self.key[role]
+        x = batch[key] if rows is None else batch[key][rows]
+        if not self.uint8[role]:
+            return x
+        valid = batch.get(f"{key}_hw")
+        if valid is not None and rows is not None:
+            valid = valid[rows]
+        return normalize_pixels(x, self.specs[role], valid)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -98,12 +178,23 @@ class SkipCounter:
 class DistillImages(torch.utils.data.Dataset):
     """Images for encoder distillation: one RandomResizedCrop per (image, view), resized to the
     student's and to the teacher's input sizes (so the two sizes may differ) and normalised with each
-    model's own pixel mean and std (``student`` / ``teacher``: the models' ``spec``)."""
+    model's own pixel mean and std (``student`` / ``teacher``: the models' ``spec``), in the loader's workers:
+    ``inputs`` (``EncoderInputs``) says which batch entry holds each model's input; ``uint8``: uint8 crops,
+    normalised on the device (GPU runs).
+
+    With a teacher cache (``cache``: its folder; ``levels``: the names of the teacher's levels in it), each sample's
+    ``cached`` is read in the workers too: the teacher's levels for that (image, view) in fp16 (``cache_path``),
+    or None when the cache does not have them yet (the recipe then runs the teacher and writes them)."""
 
     def __init__(self, folder: str | os.PathLike[str], student: ImageSpec, teacher: ImageSpec,
-                 scale: tuple[float, float], ratio: tuple[float, float], seed: int, views: int | None) -> None:
+                 scale: tuple[float, float], ratio: tuple[float, float], seed: int, views: int | None,
+                 uint8: bool = False, cache: Path | None = None, levels: Sequence[str] = ()) -> None:
         self.files = training_images(folder)
         self.student, self.teacher = student, teacher
+        self.inputs = EncoderInputs({"student": student, "teacher": teacher}, uint8, crops=True)
+        if cache is not None and not views:
+            raise InputError("a teacher cache keeps a number of crops (views) per image: give views >= 1 with it.")
+        self.cache, self.levels = cache, tuple(levels)
         self.scale, self.ratio, self.seed, self.views = scale, ratio, seed, views
         self.skips = SkipCounter()
 
@@ -126,20 +217,42 @@ class DistillImages(torch.utils.data.Dataset):
         view = epoch if self.views is None else epoch % self.views  # a cache keeps `views` crops per image
         index, image = self.load(index)
         top, left, ch, cw = crop_box(rng_for(self.seed, index, view), *image.shape[:2], self.scale, self.ratio)
-        crop = Image.fromarray(image[top:top + ch, left:left + cw])
-        s_size, t_size = self.student.input_size, self.teacher.input_size
-        student = np.asarray(crop.resize((s_size,) * 2, Image.BILINEAR))
-        teacher = student if t_size == s_size else np.asarray(crop.resize((t_size,) * 2, Image.BILINEAR))
-        return {"requested": item[0], "index": index, "view": view, "student": normalize(student, self.student),
-                "teacher": normalize(teacher, self.teacher)}
+        crop = image[top:top + ch, left:left + cw]
+        out = {"requested": item[0], "index": index, "view": view, **self.inputs.sample(crop)}
+        if self.cache is not None:
+            out["cached"] = self.cached(index, view)
+        return out
+
+    def cache_path(self, index: int, view: int) -> Path:
+        """The cache file of the teacher's levels for (image ``index``, ``view``)."""
+        return self.cache / f"{int(index):08d}_{int(view) % self.views}.pt"
+
+    def cached(self, index: int, view: int) -> tuple[torch.Tensor, ...] | None:
+        """The teacher's levels (fp16, in ``levels``' order) that the cache holds for (``index``, ``view``), memory
+        mapped; None when it holds none. A file that cannot be read is a miss (rewritten), with a warning."""
+        path = self.cache_path(index, view)
+        if not path.exists():
+            return None
+        try:
+            saved = torch.load(path, weights_only=True, mmap=True)
+            return tuple(saved[name] for name in self.levels)
+        except Exception as e:  # noqa: BLE001 -- any damage to one cache file: recompute it
+            log.warning("teacher cache file %s cannot be read (%s: %s); the teacher recomputes it", path,
+                        type(e).__name__, e)
+            return None
 
 
 class CocoObjects(torch.utils.data.Dataset):
     """COCO images with up to ``objects`` instance masks each (non-crowd, area >= 64 pixels), resized so
-    the longest side is ``prompt_size`` (SAM's prompt frame); masks returned in that frame, unpadded."""
+    the longest side is ``prompt_size`` (SAM's prompt frame); masks returned in that frame, unpadded.
+
+    Made in the loader's workers besides: with ``inputs`` (``EncoderInputs``), each model's encoder input of the
+    prompt-frame image (``image``, which then stays out of the sample); with ``low`` (the decoder's mask-input
+    side), ``low_res``: the masks padded to the frame and downsampled (``prompts.low_res_targets``), N x low x low,
+    concatenated over the batch."""
 
     def __init__(self, images: str | os.PathLike[str], annotations: str | os.PathLike[str], prompt_size: int,
-                 objects: int, seed: int) -> None:
+                 objects: int, seed: int, inputs: EncoderInputs | None = None, low: int | None = None) -> None:
         from ..eval.dataset import CocoImages
 
         self.data = CocoImages(images, annotations)
@@ -147,6 +260,7 @@ class CocoObjects(torch.utils.data.Dataset):
         if not self.ids:
             raise InputError(f"{annotations} has no image with a non-crowd instance of area >= 64 pixels.")
         self.prompt_size, self.objects, self.seed = prompt_size, objects, seed
+        self.inputs, self.low = inputs, low
         self.skips = SkipCounter()
 
     def _usable(self, image_id: int) -> list[dict]:
@@ -175,23 +289,33 @@ class CocoObjects(torch.utils.data.Dataset):
         h, w = resized.shape[:2]
         masks = np.stack([np.asarray(Image.fromarray(self.data.gt_mask(anns[j]).astype(np.uint8) * 255).resize(
             (w, h), Image.NEAREST)) > 127 for j in chosen])
-        return {"requested": index, "index": i, "image": resized, "masks": torch.from_numpy(masks)}
+        out = {"requested": index, "index": i, "masks": torch.from_numpy(masks)}
+        out.update({"image": resized} if self.inputs is None else self.inputs.sample(resized))
+        if self.low is not None:
+            out["low_res"] = low_res_targets([out["masks"]], self.prompt_size, self.low)
+        return out
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch's stacked tensors (``collate``'s, e.g. a distillation batch's ``student`` / ``teacher`` images)
-    on ``device``: asynchronous copies from the loader's pinned memory when it is a GPU. Lists (the images and
-    masks of prompted recipes, which the recipe reads on the host) stay as they are."""
+    """The batch's stacked tensors (``collate``'s: the encoder inputs ``EncoderInputs`` made, a prompted batch's
+    ``low_res`` targets) on ``device``: asynchronous copies from the loader's pinned memory when it is a GPU.
+    Lists (the masks of prompted recipes, which the recipe reads on the host) stay as they are."""
     if device.type == "cpu":
         return batch
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# per-sample tensors of N_i rows (one per object) that a batch concatenates
+CONCATENATED = ("low_res",)
 
 
 def collate(items: list[dict]) -> dict:
     out: dict = {}
     for key in items[0]:
         values = [it[key] for it in items]
-        if isinstance(values[0], torch.Tensor) and key != "masks" and values[0].ndim > 0:
+        if key in CONCATENATED:
+            out[key] = torch.cat(values)
+        elif isinstance(values[0], torch.Tensor) and key != "masks" and values[0].ndim > 0:
             out[key] = torch.stack(values)
         else:
             out[key] = values

@@ -27,10 +27,10 @@ from ..modeling.prompt_decoder import PromptDecoder
 from ..modeling.sam import Sam
 from ..utils import save_torch_atomic
 from .config import TrainConfig
-from .data import CocoObjects, DistillImages
+from .data import CocoObjects, DistillImages, EncoderInputs
 from .losses import embedding_loss, logits_iou, sam_mask_loss
 from ..prompts import box_prior_logits
-from .prompts import as_generator, error_clicks, first_prompts, low_res_targets
+from .prompts import as_generator, error_clicks, first_prompts
 
 log = logging.getLogger("swiftsam.train")
 
@@ -173,13 +173,28 @@ class Recipe:
     def loss(self, batch: dict, step: int, rank: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    @property
+    def uint8_inputs(self) -> bool:
+        """Whether the loader hands encoder inputs over as uint8, normalised on the device (``EncoderInputs``):
+        on a GPU, a quarter of the bytes to pin and copy; on the CPU the workers normalise them."""
+        return self.device.type != "cpu"
+
     def _coco(self) -> CocoObjects:
         c = self.config
-        self.data = CocoObjects(c.images, c.annotations, self.student.spec.prompt_size, c.objects_per_image, c.seed)
+        specs = {"student": self.student.spec, **({"teacher": self.teacher.spec} if self.teacher is not None else {})}
+        self.data = CocoObjects(c.images, c.annotations, self.student.spec.prompt_size, c.objects_per_image, c.seed,
+                                inputs=EncoderInputs(specs, self.uint8_inputs),
+                                low=self.student.contract.mask_input_size[0])
         return self.data
 
-    def _embed(self, model: Sam, images: list) -> torch.Tensor:
-        return model.image_encoder(torch.cat([model.preprocess(im)[0] for im in images]))
+    def _input(self, batch: dict, role: str, rows: list[int] | None = None) -> torch.Tensor:
+        """The model ``role``'s (``student`` / ``teacher``) B x 3 x S x S encoder input for the batch, on the
+        device: made by the loader's workers (``data.EncoderInputs``)."""
+        return self.data.inputs.batch_input(batch, role, rows).to(self.device)
+
+    def _embed(self, model: Sam, x: torch.Tensor) -> torch.Tensor:
+        """The image embedding of a B x 3 x S x S encoder input (``_input``)."""
+        return model.image_encoder(x)
 
 
 class DistillEncoder(Recipe):
@@ -210,8 +225,9 @@ class DistillEncoder(Recipe):
 
     def dataset(self) -> DistillImages:
         c = self.config
-        self.data = DistillImages(c.images, self.student.spec, self.teacher.spec, c.crop_scale,
-                                  c.crop_ratio, c.seed, c.cache_views if c.teacher_cache else None)
+        self.data = DistillImages(c.images, self.student.spec, self.teacher.spec, c.crop_scale, c.crop_ratio, c.seed,
+                                  c.cache_views if c.teacher_cache else None, self.uint8_inputs, self.cache,
+                                  [name for name, _ in self.levels])
         return self.data
 
     def _cache_dir(self) -> Path | None:
@@ -232,33 +248,30 @@ class DistillEncoder(Recipe):
 
     def teacher_embeddings(self, batch: dict) -> list[torch.Tensor]:
         """The teacher's levels for the batch (``distilled_levels``, coarse to fine), from the cache when it has
-        them; each cache file holds one (image, view)'s levels by name, in fp16."""
+        them; each cache file holds one (image, view)'s levels by name, in fp16. The loader's workers read the
+        cache (the batch's ``cached``: one entry per sample, None for a miss); a miss is looked up again here (a
+        worker may have prepared the batch before this loop wrote its file), and the teacher runs on the rest."""
         names = [name for name, _ in self.levels]
         if self.cache is None:
             with torch.no_grad():
-                return [t.float() for t in distilled_levels(self.teacher, batch["teacher"].to(self.device))]
-        out = [None] * len(batch["index"])
-        todo = []
-        for k, (i, v) in enumerate(zip(batch["index"], batch["view"])):
-            path = self.cache / f"{int(i):08d}_{int(v) % self.config.cache_views}.pt"
-            if path.exists():
-                saved = torch.load(path, weights_only=True)
-                out[k] = [saved[n].float() for n in names]
-            else:
-                todo.append((k, path))
+                return [t.float() for t in distilled_levels(self.teacher, self._input(batch, "teacher"))]
+        cached = [self.data.cached(i, v) if saved is None else saved
+                  for saved, i, v in zip(batch["cached"], batch["index"], batch["view"])]
+        out = [None if saved is None else [t.to(self.device, non_blocking=True) for t in saved] for saved in cached]
+        todo = [k for k, saved in enumerate(out) if saved is None]
         if todo:
             with torch.no_grad():
-                levels = distilled_levels(self.teacher, batch["teacher"][[k for k, _ in todo]].to(self.device))
-            for j, (k, path) in enumerate(todo):
-                saved = {n: t[j].half().cpu().clone() for n, t in zip(names, levels)}
-                out[k] = [saved[n].float() for n in names]  # the fp16-rounded values a later epoch reads back
-                save_torch_atomic(saved, path)
-        return [torch.stack([o[j] for o in out]).to(self.device) for j in range(len(names))]
+                levels = distilled_levels(self.teacher, self._input(batch, "teacher", todo))
+            for j, k in enumerate(todo):
+                out[k] = [t[j].half() for t in levels]  # the fp16 values a later epoch reads back
+                save_torch_atomic({n: t.cpu().clone() for n, t in zip(names, out[k])},
+                                  self.data.cache_path(batch["index"][k], batch["view"][k]))
+        return [torch.stack([o[j] for o in out]).float() for j in range(len(names))]
 
     def loss(self, batch, step, rank, micro):
         targets = self.teacher_embeddings(batch)
         with self.autocast():
-            student = distilled_levels(self.student, batch["student"].to(self.device))
+            student = distilled_levels(self.student, self._input(batch, "student"))
         if len(self.levels) == 1:
             loss = embedding_loss(self.config.loss, student[0], targets[0])
             return loss, {"loss": float(loss.detach())}
@@ -289,7 +302,7 @@ class _Prompted(Recipe):
         for m in masks:
             full[row:row + len(m), : m.shape[1], : m.shape[2]] = m
             row += len(m)
-        return full, low_res_targets(masks, ps, self.student.contract.mask_input_size[0]).to(self.device), owner
+        return full, batch["low_res"].to(self.device), owner
 
     @staticmethod
     def _decode(decoder: PromptDecoder, emb, coords, labels, mask_in, has_mask, tokens: bool = False):
@@ -317,9 +330,9 @@ class DistillFull(_Prompted):
         gen = as_generator(c.seed, step, rank, micro)
         full_gt, low_gt, owner = self._targets(batch)
         with torch.no_grad():
-            t_emb = self._embed(self.teacher, batch["image"]).float()
+            t_emb = self._embed(self.teacher, self._input(batch, "teacher")).float()
         with self.autocast():
-            s_emb = self._embed(self.student, batch["image"])
+            s_emb = self._embed(self.student, self._input(batch, "student"))
         loss_emb = embedding_loss(c.loss, s_emb, t_emb)
         idx = torch.as_tensor(owner, device=self.device)
         coords, labels = first_prompts(full_gt, gen, c.box_jitter)
@@ -380,7 +393,7 @@ class TrainMasks(_Prompted):
         idx = torch.as_tensor(owner, device=self.device)
         n = len(owner)
         with self.autocast():
-            emb = self._embed(self.student, batch["image"])
+            emb = self._embed(self.student, self._input(batch, "student"))
         coords, labels = first_prompts(full_gt, gen, c.box_jitter)
         mask_in = torch.zeros(n, 1, *self.student.contract.mask_input_size, device=self.device)
         has = torch.zeros(n, device=self.device)
