@@ -73,7 +73,7 @@ def test_bf16_decoder_for_sam2_keeps_object_scores():
 def test_decoder_follows_the_engine_precision_unless_named(mobilesam):
     """As the authors' code under autocast: a bf16 engine runs its decoder in bf16 too."""
     assert get_engine("torch", mobilesam, dtype="bf16")._decoder.dtype == torch.bfloat16
-    assert get_engine("torch", mobilesam, dtype="bf16").describe().startswith("torch[bf16, folded_bn]")
+    assert get_engine("torch", mobilesam, dtype="bf16", channels_last=False).describe().startswith("torch[bf16, folded_bn]")
     kept = get_engine("torch", mobilesam, dtype="bf16", decoder_dtype="fp32")
     assert kept._decoder.dtype == torch.float32 and "decoder fp32" in kept.describe()
     assert get_engine("torch", mobilesam)._decoder.dtype == torch.float32

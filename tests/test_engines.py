@@ -200,11 +200,28 @@ def test_onnxruntime_engine_exports_once_and_reuses_the_cache(swiftsam_home):
 def test_torch_engine_options_stay_close_to_fp32():
     model = random_model("nanosam-r18", input_size=256)
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    ref = TorchEngine(model).encode(x).embedding
+    ref = TorchEngine(model, channels_last=False).encode(x).embedding
     assert (TorchEngine(model, channels_last=True).encode(x).embedding - ref).abs().max() < 1e-4
     bf16 = TorchEngine(model, dtype="bf16").encode(x).embedding
     assert bf16.dtype == torch.float32
     assert (bf16 - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_channels_last_default_follows_the_measured_table(monkeypatch):
+    from swiftsam.cli import build_parser
+    from swiftsam.engines import auto
+
+    model = random_model("nanosam-r18", input_size=256)  # family nanosam
+    monkeypatch.setattr(auto, "CHANNELS_LAST", {("cpu", "nanosam", "fp32"): True, ("cpu", "nanosam", "bf16"): True,
+                                                ("cpu", "nanosam-r18", "bf16"): False, ("cuda", "nanosam", "fp16"): True})
+    assert TorchEngine(model).channels_last is True
+    assert TorchEngine(model, dtype="bf16").channels_last is False  # the zoo name's row wins over its family's
+    assert TorchEngine(model, dtype="fp16").channels_last is False  # measured on CUDA only: NCHW
+    assert TorchEngine(model, channels_last=False).channels_last is False  # the caller's choice wins
+    assert "channels_last" in TorchEngine(model).describe()
+    parse = build_parser().parse_args
+    assert [parse(["bench", *flag]).channels_last for flag in ([], ["--channels-last"], ["--no-channels-last"])] == [
+        None, True, False]
 
 
 @pytest.mark.parametrize("name,kw", [("mobilesam", {}), ("efficientvit-sam-l0", {}), ("nanosam-r18", {"input_size": 256})])

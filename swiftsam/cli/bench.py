@@ -46,7 +46,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also time the authors' code (segment-anything, mobilesam-mirror, efficientsam) on the same weights")
     add_device_argument(b)
     b.add_argument("--threads", type=int, help="torch (and onnxruntime / openvino) threads")
-    b.add_argument("--no-channels-last", action="store_true", help="torch engines: keep the default memory format")
+    layout = b.add_mutually_exclusive_group()
+    layout.add_argument("--channels-last", dest="channels_last", action="store_const", const=True,
+                        help="torch engines: channels-last images (default: the layout measured faster for the family, "
+                             "device and precision)")
+    layout.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
+                        help="torch engines: NCHW images")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--image", help="image for the pipeline (default: a synthetic 480 x 640 image)")
     b.add_argument("--out", help="results JSON, rewritten after every cell")
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         models=args.models, engines=args.engines, precisions=args.precisions, batch_sizes=args.batch_sizes,
         input_sizes=args.input_sizes, prompts=args.prompts, stages=args.stages, warmup=args.warmup,
         iterations=args.iterations, min_time_s=args.min_time, compare_reference=args.compare_reference,
-        device=str(resolve_device(args.device)), threads=args.threads, channels_last=not args.no_channels_last,
+        device=str(resolve_device(args.device)), threads=args.threads, channels_last=args.channels_last,
         seed=args.seed, image=args.image,
     )
     doc = run_bench(config, out=args.out, resume=args.resume, progress=not args.no_progress)

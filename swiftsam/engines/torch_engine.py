@@ -9,6 +9,7 @@ from ..modeling.prompt_decoder import PromptDecoder
 from ..modeling.features import ImageFeatures
 from ..modeling.segmenter import Segmenter
 from ..runtime import PRECISIONS, autocast, tune_cpu_allocator
+from .auto import default_channels_last
 from .base import Engine
 from .optimize import count_foldable, fold_batch_norms
 from .static_decoder import CudaGraphDecoder, StaticShapeDecoder
@@ -25,6 +26,8 @@ class TorchEngine(Engine):
     call; the prompt encoder stays in fp32 (prompt coordinates lose whole pixels in 16-bit). On a CPU with bf16
     kernels (AVX512-BF16, AMX) a bf16 decoder is ~1.7x faster; its agreement with fp32 is measured in
     benchmarks/engines.md.
+    ``channels_last`` (default: the layout measured faster for the model's family on its device in ``dtype``,
+    ``engines.auto.CHANNELS_LAST``) runs the encoder on channels-last images.
     ``compile`` wraps the encoder in ``torch.compile`` (default mode with weight freezing, or
     ``compile_mode``; the first call compiles, which takes tens of seconds); ``cuda_graphs``
     captures the encoder for a fixed batch of 1 on a CUDA device and replays it, and the decoder once per
@@ -40,7 +43,7 @@ class TorchEngine(Engine):
         self,
         model: Segmenter,
         dtype: str = "fp32",
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         compile: bool = False,
         compile_mode: str | None = None,
         cuda_graphs: bool = False,
@@ -57,6 +60,8 @@ class TorchEngine(Engine):
             raise EngineError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}.")
         if cuda_graphs and model.device.type != "cuda":
             raise EngineError("cuda_graphs needs the model on a CUDA device (device='cuda').")
+        if channels_last is None:  # the faster layout measured for this family, device and precision
+            channels_last = default_channels_last(model, dtype)
         if model.device.type == "cpu":
             tune_cpu_allocator()  # large activations reuse heap pages instead of page-faulting every call
         self.dtype = dtype
