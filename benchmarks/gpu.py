@@ -259,7 +259,7 @@ def decoder_agreement(name: str, plan: Plan) -> dict:
         other, what = get_engine("torch", model, cuda_graphs=True), "cuda_graphs"
     else:
         other, what = get_engine("torch", model), "bucketed eager decoder (no CUDA)"
-        other._decode = StaticShapeDecoder(lambda inputs, m: other._decoder(*inputs, mask_prompts=m))
+        other._graphs = StaticShapeDecoder(lambda inputs, m: other._decoder(*inputs, mask_prompts=m))
     g = torch.Generator().manual_seed(0)
     feats = ImageFeatures.of([torch.randn(1, f.channels, f.size, f.size, generator=g).to(plan.device)
                               for f in model.contract.features])
@@ -274,8 +274,9 @@ def decoder_agreement(name: str, plan: Plan) -> dict:
             want, got = eager.decode(feats, *batch.tensors()), other.decode(feats, *batch.tensors())
         diffs[f"{n} box(es){' + mask input' if masks else ''}"] = max(
             float((a - b).abs().max()) for a, b in zip(got, want))
-    graphs = getattr(other._decode.run, "graphs", None)
-    return {"what": what, "max_abs_diff": diffs, "graphs_captured": None if graphs is None else len(graphs)}
+    graphs, failed = getattr(other._graphs.run, "graphs", None), getattr(other._graphs.run, "failed", {})
+    return {"what": what, "max_abs_diff": diffs, "graphs_captured": None if graphs is None else len(graphs),
+            "capture_failed": {str(k[1:]): why for k, why in failed.items()}}
 
 
 def decoder_section(section: dict, plan: Plan) -> None:
@@ -538,7 +539,9 @@ def markdown(doc: dict) -> str:
     for name, a in sec.get("agreement", {}).items():
         worst = max(a["max_abs_diff"].values(), default=None)
         lines.append(f"| {name} decoder, {a['what']} vs eager | max abs diff {_f(worst, '{:.1e}')} over "
-                     f"{', '.join(a['max_abs_diff'])} | {a['graphs_captured'] or 0} graphs | - |")
+                     f"{', '.join(a['max_abs_diff'])} | {a['graphs_captured'] or 0} graphs"
+                     + (f", capture failed: {'; '.join(a['capture_failed'].values())[:300]}" if a.get("capture_failed") else "")
+                     + " | - |")
     sec = s.get("train", {})
     sm = sec.get("summary", {})
     c = sec.get("config", {})

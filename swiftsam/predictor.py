@@ -19,7 +19,7 @@ from .modeling.contract import ModelContract
 from .modeling.features import ImageFeatures
 from .modeling.prompt_decoder import OUTPUT_REQUESTS, choose_outputs
 from .modeling.segmenter import Segmenter
-from .prompts import PromptBatch, check_boxes, check_mask_input, check_points, check_prompt_tensors
+from .prompts import PromptBatch, _as_float_array, check_boxes, check_mask_input, check_points, check_prompt_tensors
 from .runtime import resolve_device
 from .transforms import frame_shape, postprocess_masks, preprocess_image
 from .utils import save_torch_atomic
@@ -289,9 +289,9 @@ class Predictor:
         args = [per_image(a, w) for a, w in ((point_coords, "point_coords_batch"), (point_labels, "point_labels_batch"),
                                               (boxes, "box_batch"), (mask_input, "mask_input_batch"))]
         batches, single = [], []
-        for (_, size), c, lab, b, m in zip(entries, *args):
-            c = None if c is None else np.asarray(c, np.float64)
-            b = None if b is None else np.asarray(b, np.float64)
+        for i, ((_, size), c, lab, b, m) in enumerate(zip(entries, *args)):
+            c = None if c is None else _as_float_array(c, f"point_coords_batch[{i}]")
+            b = None if b is None else _as_float_array(b, f"box_batch[{i}]")
             one = not (b is not None and b.ndim == 2 and len(b) > 1 or c is not None and c.ndim == 3)
             if one:  # one prompt, as ``predict`` takes it
                 c, lab, m = (None if a is None else np.asarray(a)[None] for a in (c, lab, m))
@@ -301,6 +301,9 @@ class Predictor:
                 c = None if c is None else c * (w, h)
                 b = None if b is None else b * (w, h, w, h)
             batches.append(PromptBatch.from_pixels(self.contract, size, c, lab, b, m, device=self.device))
+            if not len(batches[-1]):
+                raise InputError(f"image {i} of the batch has no prompt (an empty array): give it at least one, "
+                                 f"or None to skip it.")
             single.append(one)
         decoded = self._decode_image_batch([f for f, _ in entries], batches)
         out: tuple[list, list, list] = ([], [], [])
@@ -329,10 +332,12 @@ class Predictor:
                 gather = [_stack_levels([features[i].levels[k] for i in group], self.device)
                           for k in range(len(features[0].levels))]
                 owner = torch.repeat_interleave(torch.arange(len(group)), torch.as_tensor(ends - np.r_[0, ends[:-1]]))
-            for start in range(0, len(prompts), IMAGE_BATCH_PROMPTS):
-                stop = min(len(prompts), start + IMAGE_BATCH_PROMPTS)
-                if len(group) == 1:  # one image: its features once, shared by its prompts
-                    feats = features[group[0]]
+            # an engine built for fewer prompts per call (TensorRT's profiles) takes fewer
+            step = min(IMAGE_BATCH_PROMPTS, getattr(self.engine, "max_prompts", IMAGE_BATCH_PROMPTS))
+            for start in range(0, len(prompts), step):
+                stop = min(len(prompts), start + step)
+                if len(group) == 1 or owner[start] == owner[stop - 1]:  # one image: its features, shared
+                    feats = features[group[int(owner[start]) if len(group) > 1 else 0]]
                 else:
                     index = owner[start:stop].to(self.device)
                     feats = ImageFeatures.of([take(index) for take in gather])

@@ -106,3 +106,26 @@ def test_bad_image_batch_prompts(model):
     for bad in (np.zeros((0, 4)), np.zeros(3)):
         with pytest.raises(InputError, match="box must have shape"):
             p.predict_batch(boxes=[bad, np.array([0, 0, 10, 10.0])])
+    with pytest.raises(InputError, match=r"point_coords_batch\[0\] must be numeric"):
+        p.predict_batch([[["a", "b"]], None], [[1], None], [None, np.array([0, 0, 10, 10.0])])
+    with pytest.raises(InputError, match="image 1 of the batch has no prompt"):
+        p.predict_batch([np.array([[[5.0, 5.0]]]), np.zeros((0, 1, 2))], [np.array([[1]]), np.zeros((0, 1))])
+
+
+def test_engine_prompt_limit_and_one_image_chunks(model, monkeypatch):
+    """Chunks follow an engine's prompt limit (TensorRT's profile); a chunk of one image's prompts decodes against
+    that image's own features (no per-prompt copy)."""
+    images = [test_image(h, w, seed=i) for i, (h, w) in enumerate(IMAGES[:2])]
+    boxes = [np.array([[5, 5, 60, 90], [30, 40, 110, 170], [0, 0, 100, 150.0]]), np.array([[5, 5, 60, 90.0]] * 3)]
+    p = Predictor(model, engine="torch")
+    p.set_image_batch(images)
+    want = p.predict_batch(boxes=boxes, return_logits=True)
+    calls = []
+    decode = p.engine.decode
+    monkeypatch.setattr(p.engine, "decode", lambda f, *a: calls.append((len(a[0]), f.embedding.shape[0])) or decode(f, *a))
+    monkeypatch.setattr(p.engine, "max_prompts", 3, raising=False)
+    got = p.predict_batch(boxes=boxes, return_logits=True)
+    assert calls == [(3, 1), (3, 1)]
+    for a_list, b_list in zip(got, want):
+        for a, b in zip(a_list, b_list):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)

@@ -104,11 +104,23 @@ def test_cuda_graph_decoder_matches_eager(family, request):
     model = request.getfixturevalue(family).to("cuda")
     eager, graphs = get_engine("torch", model), get_engine("torch", model, cuda_graphs=True)
     levels = ImageFeatures.of([t.cuda() for t in features(model)])
-    for n, masks in ((1, False), (3, True), (70, False), (3, False)):
-        batch = prompts(model, n, masks=masks).to("cuda")
-        want = eager.decode(levels, *batch.tensors())
-        got = graphs.decode(levels, *batch.tensors())
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    cases = ((1, False), (3, True), (70, False), (3, False))
+    for round in range(2):
+        for n, masks in cases:
+            batch = prompts(model, n, masks=masks).to("cuda")
+            want = eager.decode(levels, *batch.tensors())
+            got = graphs.decode(levels, *batch.tensors())
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+        # the model's own caches replaced (a call outside inference mode): the graphs read their private copy's
+        with torch.no_grad():
+            PromptDecoder(model)(levels.embedding, *prompts(model, 2).to("cuda").tensors(), *levels.high_res)
+    runner = graphs._graphs.run
     # one graph per bucket and mask flag: 1; 4 with masks; 64 and 8; 4 without masks
-    assert len(graphs._decode.run.graphs) == 5
+    assert len(runner.graphs) == 5 and not runner.failed
+    # features per prompt (an image batch) decode eagerly, with the same results
+    per_prompt = ImageFeatures.of([t.expand(3, -1, -1, -1).contiguous() for t in levels.levels])
+    batch = prompts(model, 3).to("cuda")
+    for g, w in zip(graphs.decode(per_prompt, *batch.tensors()), eager.decode(per_prompt, *batch.tensors())):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+    assert len(runner.graphs) == 5

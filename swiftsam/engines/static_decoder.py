@@ -3,12 +3,15 @@
 A decoder call for one box on a GPU is launch-bound (hundreds of small kernels for ~0.1 ms of work), which a
 CUDA graph replays in one launch; a graph has fixed shapes, so B prompts are padded to the next bucket
 (1, 2, 4, ... 64; larger batches go in chunks of 64) by repeating the last prompt, whose outputs are dropped.
-Prompts are decoded independently of each other, so the padding changes nothing in the real prompts' outputs.
+Prompts are decoded independently of each other, so the real prompts' outputs are those of an unpadded call
+(within float rounding: another batch size may pick other kernels).
 """
 
 from __future__ import annotations
 
+import copy
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -67,41 +70,67 @@ class StaticShapeDecoder:
         return tuple(torch.cat(outs) for outs in zip(*parts))
 
 
-class CudaGraphDecoder:
-    """A ``Runner`` that captures ``decoder`` (a ``PromptDecoder``) once per input shape on a CUDA device and
-    replays it: inputs are copied into the graph's static tensors, outputs cloned out of its own. All graphs
-    share one memory pool; replays are serialised (a lock: a server's threads share the engine), which with
-    the cloned outputs makes sharing it safe."""
+MAX_GRAPHS = 32  # shapes captured per engine; more (an unusual number of clicks each time) decode eagerly
 
-    def __init__(self, decoder: Callable[..., tuple[torch.Tensor, ...]]) -> None:
-        self.decoder = decoder
+
+class CudaGraphDecoder:
+    """A ``Runner`` that captures a private copy of ``decoder`` (a ``PromptDecoder``) once per input shape on a
+    CUDA device and replays it: inputs are copied into the graph's static tensors, outputs cloned out of its own.
+
+    The copy is a snapshot (build a new engine after changing the weights): a graph reads the decoder's caches
+    (stacked hypernetwork weights, the dense position encoding) by address, so nothing but the graphs may ever
+    replace them. At most ``max_graphs`` shapes are captured; other shapes, and any whose capture failed (a
+    warning says why), run the copy eagerly. All its work runs on one private stream that waits for the caller's
+    and that the caller's waits for, under a lock (a server's threads share the engine): the graphs share one
+    memory pool, safe with replays in turn and cloned outputs."""
+
+    def __init__(self, decoder: torch.nn.Module, max_graphs: int = MAX_GRAPHS) -> None:
+        self.decoder = copy.deepcopy(decoder)
+        self.max_graphs = max_graphs
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
+        self.failed: dict[tuple, str] = {}
         self._pool = None
+        self._stream: torch.cuda.Stream | None = None
         self._lock = threading.Lock()
 
     def __call__(self, inputs: tuple[torch.Tensor, ...], mask_prompts: bool) -> tuple[torch.Tensor, ...]:
         key = (mask_prompts, *((tuple(t.shape), t.dtype) for t in inputs))
-        with self._lock:
-            entry = self.graphs.get(key)
-            if entry is None:
-                entry = self.graphs[key] = self._capture(inputs, mask_prompts)
-            graph, static_in, static_out = entry
-            for dst, src in zip(static_in, inputs):
-                dst.copy_(src)
-            graph.replay()
-            return tuple(t.clone() for t in static_out)
+        with self._lock, torch.cuda.device(inputs[0].device):
+            caller = torch.cuda.current_stream()
+            if self._stream is None:
+                self._stream = torch.cuda.Stream()
+            self._stream.wait_stream(caller)  # the inputs are ready
+            with torch.cuda.stream(self._stream):
+                entry = self.graphs.get(key)
+                if entry is None and key not in self.failed and len(self.graphs) < self.max_graphs:
+                    entry = self._capture(key, inputs, mask_prompts)
+                if entry is None:
+                    out = tuple(self.decoder(*inputs, mask_prompts=mask_prompts))
+                else:
+                    graph, static_in, static_out = entry
+                    for dst, src in zip(static_in, inputs):
+                        dst.copy_(src)
+                    graph.replay()
+                    out = tuple(t.clone() for t in static_out)
+            caller.wait_stream(self._stream)
+            for t in out:  # made on the private stream, used on the caller's
+                t.record_stream(caller)
+            return out
 
-    def _capture(self, inputs: tuple[torch.Tensor, ...], mask_prompts: bool):
-        static_in = tuple(t.clone() for t in inputs)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up outside the graph (lazy caches, cuBLAS workspaces), as capture requires
+    def _capture(self, key: tuple, inputs: tuple[torch.Tensor, ...], mask_prompts: bool):
+        try:
+            static_in = tuple(t.clone() for t in inputs)
+            for _ in range(2):  # warm-up off the default stream (lazy caches, cuBLAS workspaces), as capture requires
                 self.decoder(*static_in, mask_prompts=mask_prompts)
-        torch.cuda.current_stream().wait_stream(stream)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            static_out = tuple(self.decoder(*static_in, mask_prompts=mask_prompts))
-        return graph, static_in, static_out
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream, capture_error_mode="thread_local"):
+                static_out = tuple(self.decoder(*static_in, mask_prompts=mask_prompts))
+        except RuntimeError as e:
+            self.failed[key] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"capturing the decoder as a CUDA graph failed for inputs {key[1:]} ({e}); "
+                          f"those decode eagerly.", RuntimeWarning, stacklevel=3)
+            return None
+        self.graphs[key] = (graph, static_in, static_out)
+        return self.graphs[key]

@@ -146,6 +146,7 @@ class TensorRTEngine(StageEngine):
         if min(max_batch, max_prompts, max_points) < 1:
             raise EngineError("max_batch, max_prompts and max_points must be >= 1.")
         self.precision = precision
+        self.max_prompts = max_prompts  # prompts per decoder call its profile takes (Predictor's batches follow it)
         folder = Path(onnx_dir) if onnx_dir else cached_export(model, swiftsam_home() / "onnx", ("encoder", "decoder"))
         manifest = read_manifest(folder)
         if onnx_dir:

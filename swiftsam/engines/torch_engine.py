@@ -87,7 +87,9 @@ class TorchEngine(Engine):
             self._decoder = PromptDecoder(model, PRECISIONS[decoder_dtype])
         except InputError as e:
             raise EngineError(f"decoder_dtype={decoder_dtype!r}: {e}") from None
-        self._decode = StaticShapeDecoder(CudaGraphDecoder(self._decoder)) if cuda_graphs else self._decoder
+        # one image's features and 1+ prompts replay a captured graph; features per prompt (an image batch) are
+        # large static inputs to keep per shape and decode eagerly
+        self._graphs = StaticShapeDecoder(CudaGraphDecoder(self._decoder)) if cuda_graphs else None
         self._graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
         self._decoder_input: tuple[ImageFeatures, tuple[torch.Tensor, ...]] | None = None  # see ``_decoder_levels``
 
@@ -143,14 +145,16 @@ class TorchEngine(Engine):
         if kept is not None and kept[0] is features:
             return kept[1]
         levels = tuple(t.to(self.device, self._decoder.dtype) for t in features.levels)
-        self._decoder_input = (features, levels)
+        if features.embedding.shape[0] == 1:  # not features gathered per prompt (large, used once)
+            self._decoder_input = (features, levels)
         return levels
 
     @torch.inference_mode()
     def decode(self, features, point_coords, point_labels, mask_input, has_mask_input):
         dev = self.device
         embedding, *high_res = self._decoder_levels(ImageFeatures.of(features))
-        return tuple(self._decode(
+        graphs = self._graphs is not None and embedding.shape[0] == 1 and point_coords.shape[0] > 0
+        return tuple((self._graphs if graphs else self._decoder)(
             embedding, point_coords.to(dev, torch.float32), point_labels.to(dev, torch.float32),
             mask_input.to(dev, torch.float32), has_mask_input.to(dev, torch.float32), *high_res,
         ))

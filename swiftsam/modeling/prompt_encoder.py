@@ -50,8 +50,9 @@ class PositionEmbeddingRandom(nn.Module):
 
     def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """Encode B x N x 2 pixel coordinates in an image of ``image_size`` (H, W)."""
-        scale = coords.new_tensor([1.0 / image_size[1], 1.0 / image_size[0]], dtype=torch.float32)
-        return self._encode(coords.to(torch.float32) * scale)
+        c = coords.to(torch.float32)  # scaled by Python numbers: no host tensor copied to the device per call
+        # (a CUDA graph capture forbids that copy); the same float32 products as a tensor of 1/W, 1/H
+        return self._encode(torch.stack((c[..., 0] * (1.0 / image_size[1]), c[..., 1] * (1.0 / image_size[0])), -1))
 
 
 class PromptEncoder(nn.Module):
