@@ -124,3 +124,20 @@ def test_cuda_graph_decoder_matches_eager(family, request):
     for g, w in zip(graphs.decode(per_prompt, *batch.tensors()), eager.decode(per_prompt, *batch.tensors())):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
     assert len(runner.graphs) == 5
+
+
+def test_cached_tensors_finds_what_a_graph_would_read(sam2):
+    """The caches a captured graph reads by address, found so that its holder keeps them alive."""
+    decoder = PromptDecoder(sam2)
+    levels = features(sam2)
+    with torch.inference_mode():
+        decoder(levels[0], *prompts(sam2, 2).tensors(), *levels[1:])
+    from swiftsam.engines.static_decoder import cached_tensors
+
+    found = {t.data_ptr() for t in cached_tensors(decoder)}
+    pe = sam2.prompt_encoder.pe_layer._cache
+    stacked = [m._cache for m in sam2.mask_decoder.modules() if type(m).__name__ == "MLPStack"]
+    assert pe and stacked and all(s is not None for s in stacked)
+    assert {t.data_ptr() for t in pe.values()} <= found
+    assert {w.data_ptr() for s in stacked for pair in s[1] for w in pair} <= found
+    assert not {p.data_ptr() for p in decoder.parameters()} & found  # parameters are the module's own

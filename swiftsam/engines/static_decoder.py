@@ -70,6 +70,29 @@ class StaticShapeDecoder:
         return tuple(torch.cat(outs) for outs in zip(*parts))
 
 
+def cached_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Every tensor a module tree keeps in its private caches (attributes ``_*`` holding tensors, or tuples, lists
+    and dicts of them): a CUDA graph captured over the module reads them by address, so whoever holds the graph
+    must hold these too (a cache may be replaced or cleared later, which would free the memory it replays)."""
+    found: list[torch.Tensor] = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+
+    for m in module.modules():
+        for name, value in vars(m).items():
+            if name.startswith("_") and name not in ("_parameters", "_buffers", "_modules"):
+                walk(value)
+    return found
+
+
 MAX_GRAPHS = 32  # shapes captured per engine; more (an unusual number of clicks each time) decode eagerly
 
 
@@ -87,7 +110,7 @@ class CudaGraphDecoder:
     def __init__(self, decoder: torch.nn.Module, max_graphs: int = MAX_GRAPHS) -> None:
         self.decoder = copy.deepcopy(decoder)
         self.max_graphs = max_graphs
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]] = {}
+        self.graphs: dict[tuple, tuple] = {}  # key -> (graph, static inputs, static outputs, caches it reads)
         self.failed: dict[tuple, str] = {}
         self._pool = None
         self._stream: torch.cuda.Stream | None = None
@@ -107,7 +130,7 @@ class CudaGraphDecoder:
                 if entry is None:
                     out = tuple(self.decoder(*inputs, mask_prompts=mask_prompts))
                 else:
-                    graph, static_in, static_out = entry
+                    graph, static_in, static_out, _ = entry
                     for dst, src in zip(static_in, inputs):
                         dst.copy_(src)
                     graph.replay()
@@ -132,5 +155,6 @@ class CudaGraphDecoder:
             warnings.warn(f"capturing the decoder as a CUDA graph failed for inputs {key[1:]} ({e}); "
                           f"those decode eagerly.", RuntimeWarning, stacklevel=3)
             return None
-        self.graphs[key] = (graph, static_in, static_out)
+        # its copy's caches are replaced by nothing else, but the graph holds them anyway (see ``cached_tensors``)
+        self.graphs[key] = (graph, static_in, static_out, cached_tensors(self.decoder))
         return self.graphs[key]

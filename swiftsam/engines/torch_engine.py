@@ -12,7 +12,7 @@ from ..runtime import PRECISIONS, autocast, tune_cpu_allocator
 from .auto import default_channels_last
 from .base import Engine
 from .optimize import count_foldable, fold_batch_norms
-from .static_decoder import CudaGraphDecoder, StaticShapeDecoder
+from .static_decoder import CudaGraphDecoder, StaticShapeDecoder, cached_tensors
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -90,7 +90,7 @@ class TorchEngine(Engine):
         # one image's features and 1+ prompts replay a captured graph; features per prompt (an image batch) are
         # large static inputs to keep per shape and decode eagerly
         self._graphs = StaticShapeDecoder(CudaGraphDecoder(self._decoder)) if cuda_graphs else None
-        self._graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
+        self._graph: tuple | None = None  # the encoder's CUDA graph, static input, outputs, caches it reads
         self._decoder_input: tuple[ImageFeatures, tuple[torch.Tensor, ...]] | None = None  # see ``_decoder_levels``
 
     @property
@@ -131,8 +131,9 @@ class TorchEngine(Engine):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static_out = self._run_encoder(static_in)
-            self._graph = (graph, static_in, static_out)
-        graph, static_in, static_out = self._graph
+            # the graph reads the encoder's caches by address: they stay alive as long as it does
+            self._graph = (graph, static_in, static_out, cached_tensors(self._encoder))
+        graph, static_in, static_out, _ = self._graph
         static_in.copy_(image)
         graph.replay()
         return tuple(t.clone() for t in static_out)
