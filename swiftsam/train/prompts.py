@@ -15,49 +15,73 @@ import torch
 from ..modeling.prompt_decoder import PAD_LABEL
 
 
-def _pick_pixel(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    if len(ys) == 0:
-        return None
-    k = int(torch.randint(len(ys), (1,), generator=gen))
-    return torch.stack([xs[k], ys[k]]).float() + 0.5  # pixel centre, (x, y)
+def _kth_pixels(masks: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(x, y) pixel centres (N x 2) of the ``k[i]``-th set pixel of each N x H x W bool mask, in ``torch.nonzero``'s
+    row-major order, on the masks' device (a running count of set pixels, searched for k + 1)."""
+    counts = masks.flatten(1).cumsum(1, dtype=torch.int32)
+    index = torch.searchsorted(counts, (k.to(counts.device, torch.int32) + 1)[:, None]).squeeze(1)
+    w = masks.shape[-1]
+    return torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], -1).float() + 0.5
+
+
+def _boxes(masks: torch.Tensor) -> torch.Tensor:
+    """The bounding boxes (N x 4, x0, y0, x1, y1, x1 / y1 one past the last pixel) of N x H x W bool masks."""
+    h, w = masks.shape[-2:]
+    rows, cols = masks.any(2), masks.any(1)  # N x H, N x W
+    y0, x0 = rows.int().argmax(1), cols.int().argmax(1)
+    y1, x1 = h - rows.flip(1).int().argmax(1), w - cols.flip(1).int().argmax(1)
+    return torch.stack([x0, y0, x1, y1], -1).float()
 
 
 def first_prompts(masks: torch.Tensor, gen: torch.Generator, jitter: float, box_fraction: float = 0.5
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """masks N x H x W (bool, prompt frame) -> coords N x 2 x 2, labels N x 2 (a box, or a point + pad)."""
-    coords = torch.zeros(len(masks), 2, 2)
-    labels = torch.full((len(masks), 2), float(PAD_LABEL))
-    for i, m in enumerate(masks):
-        ys, xs = torch.nonzero(m, as_tuple=True)
+    """masks N x H x W (bool, prompt frame) -> coords N x 2 x 2, labels N x 2 (a box, or a point + pad), on the
+    masks' device. The random draws come from ``gen`` (a CPU generator) object by object: whether a box, then
+    its corner noise or the index of its point among the mask's pixels; the masks' work runs as tensors."""
+    n, h, w = masks.shape
+    sizes = masks.flatten(1).sum(1).tolist()  # the one copy to the host: N numbers
+    is_box, noise, k = torch.zeros(n, dtype=torch.bool), torch.zeros(n, 4), torch.zeros(n, dtype=torch.long)
+    for i in range(n):
         if float(torch.rand(1, generator=gen)) < box_fraction:
-            x0, x1, y0, y1 = xs.min().float(), xs.max().float() + 1, ys.min().float(), ys.max().float() + 1
-            bw, bh = x1 - x0, y1 - y0
-            noise = (torch.rand(4, generator=gen) * 2 - 1) * jitter * torch.stack([bw, bh, bw, bh])
-            box = torch.stack([x0, y0, x1, y1]) + noise
-            h, w = m.shape
-            box = torch.stack([box[0].clamp(0, w), box[1].clamp(0, h), box[2].clamp(0, w), box[3].clamp(0, h)])
-            coords[i] = box.reshape(2, 2)
-            labels[i] = torch.tensor([2.0, 3.0])
-        else:
-            coords[i, 0] = _pick_pixel(m, gen)
-            labels[i, 0] = 1.0
+            is_box[i] = True
+            noise[i] = torch.rand(4, generator=gen) * 2 - 1
+        elif sizes[i]:  # an empty mask (none reach here from the datasets) gets a click in the corner pixel
+            k[i] = int(torch.randint(sizes[i], (1,), generator=gen))
+    dev = masks.device
+    box = _boxes(masks)
+    bw, bh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+    box = box + noise.to(dev) * jitter * torch.stack([bw, bh, bw, bh], -1)
+    box = torch.minimum(box.clamp(min=0), torch.tensor([w, h, w, h], dtype=box.dtype, device=dev))
+    point = torch.cat([_kth_pixels(masks, k), torch.zeros(n, 2, device=dev)], 1)  # the point, then a pad
+    is_box = is_box.to(dev)
+    coords = torch.where(is_box[:, None], box, point).reshape(n, 2, 2)
+    labels = torch.where(is_box[:, None], torch.tensor([2.0, 3.0], device=dev),
+                         torch.tensor([1.0, float(PAD_LABEL)], device=dev))
     return coords, labels
 
 
 def error_clicks(predicted: torch.Tensor, masks: torch.Tensor, gen: torch.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """predicted, masks: N x H x W bool -> one click per object (coords N x 1 x 2, labels N x 1).
-    An object predicted perfectly gets a positive click inside its mask."""
-    coords = torch.zeros(len(masks), 1, 2)
-    labels = torch.ones(len(masks), 1)
-    for i, (p, g) in enumerate(zip(predicted, masks)):
-        missed, extra = g & ~p, p & ~g
-        positive = int(missed.sum()) >= int(extra.sum())
-        region = missed if positive else extra
-        point = _pick_pixel(region, gen) if bool(region.any()) else _pick_pixel(g, gen)
-        coords[i, 0] = point
-        labels[i, 0] = 1.0 if positive or not bool(region.any()) else 0.0
+    """predicted, masks: N x H x W bool -> one click per object (coords N x 1 x 2, labels N x 1), on the masks'
+    device. An object predicted perfectly gets a positive click inside its mask. The draws come from ``gen``
+    object by object, as in ``first_prompts``."""
+    predicted = predicted.to(masks.device)
+    missed, extra = masks & ~predicted, predicted & ~masks
+    sizes = torch.stack([missed.flatten(1).sum(1), extra.flatten(1).sum(1), masks.flatten(1).sum(1)], 1).tolist()
+    n = len(masks)
+    positive, in_mask, k = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.long)
+    for i, (n_missed, n_extra, n_mask) in enumerate(sizes):
+        positive[i] = n_missed >= n_extra
+        region = n_missed if positive[i] else n_extra
+        in_mask[i] = region == 0  # nothing wrong: a click inside the mask
+        size = n_mask if in_mask[i] else region
+        if size:
+            k[i] = int(torch.randint(size, (1,), generator=gen))
+    dev = masks.device
+    positive, in_mask = positive.to(dev), in_mask.to(dev)
+    source = torch.where(in_mask[:, None, None], masks, torch.where(positive[:, None, None], missed, extra))
+    coords = _kth_pixels(source, k)[:, None]
+    labels = (positive | in_mask).float()[:, None]
     return coords, labels
 
 

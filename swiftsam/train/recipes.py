@@ -297,10 +297,12 @@ class _Prompted(Recipe):
         ps = self.student.spec.prompt_size
         masks = batch["masks"]
         owner = [i for i, m in enumerate(masks) for _ in range(len(m))]
-        full = torch.zeros(sum(len(m) for m in masks), ps, ps, dtype=torch.bool)
+        # on the device: the prompts are sampled there as tensors (``train.prompts``), and the click rounds compare
+        # these masks with the predictions there
+        full = torch.zeros(sum(len(m) for m in masks), ps, ps, dtype=torch.bool, device=self.device)
         row = 0
         for m in masks:
-            full[row:row + len(m), : m.shape[1], : m.shape[2]] = m
+            full[row:row + len(m), : m.shape[1], : m.shape[2]] = m.to(self.device, non_blocking=True)
             row += len(m)
         return full, batch["low_res"].to(self.device), owner
 
@@ -313,7 +315,7 @@ class _Prompted(Recipe):
         ps = self.student.spec.prompt_size
         scale = ps / low.shape[-1]
         gt_low = torch.nn.functional.interpolate(full_gt[:, None].float(), low.shape[-2:], mode="area")[:, 0] > 0.5
-        coords, labels = error_clicks(low.detach().cpu() > 0, gt_low, gen)
+        coords, labels = error_clicks(low.detach() > 0, gt_low, gen)
         return coords * scale, labels
 
 
