@@ -95,3 +95,17 @@ def test_prompts_land_where_they_should():
     coords, labels = error_clicks(torch.ones_like(masks), masks, as_generator(0, 0))
     for i, (x, y) in enumerate((coords[:, 0] - 0.5).long().tolist()):  # mostly false positives: negative clicks
         assert (labels[i] == 0) == (not masks[i, y, x])
+
+
+def test_kth_pixels_as_tensors_equal_nonzero():
+    """The batch path (an accelerator's) against the per-mask nonzero one (a CPU's), on the CPU."""
+    from swiftsam.train import prompts
+
+    masks = blobs(9, 37, 29, seed=5)
+    masks[3] = False  # empty: the bottom-right pixel
+    sizes = masks.flatten(1).sum(1)
+    k = (torch.rand(9, generator=torch.Generator().manual_seed(0)) * sizes).long()
+    want = prompts._kth_pixels(masks, k, batched=False)
+    assert torch.equal(prompts._kth_pixels(masks, k, batched=True), want)
+    assert torch.equal(prompts._kth_pixels(masks, k, masks.sum(2, dtype=torch.int32), batched=True), want)
+    assert want[3].tolist() == [28.5, 36.5]

@@ -15,44 +15,66 @@ import torch
 from ..modeling.prompt_decoder import PAD_LABEL
 
 
-def _kth_pixels(masks: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+def _kth_pixels(masks: torch.Tensor, k: torch.Tensor, rows: torch.Tensor | None = None,
+                batched: bool | None = None) -> torch.Tensor:
     """(x, y) pixel centres (N x 2) of the ``k[i]``-th set pixel of each N x H x W bool mask, in ``torch.nonzero``'s
-    row-major order, on the masks' device (a running count of set pixels, searched for k + 1)."""
-    counts = masks.flatten(1).cumsum(1, dtype=torch.int32)
-    index = torch.searchsorted(counts, (k.to(counts.device, torch.int32) + 1)[:, None]).squeeze(1)
-    w = masks.shape[-1]
-    return torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], -1).float() + 0.5
+    row-major order: the row from running counts of set pixels per row (``rows``: ``masks.sum(2)``, when known),
+    then the column within it (an empty mask gives its bottom-right pixel). On a CPU one ``nonzero`` per mask is
+    faster (measured: 1024 x 1024 masks), elsewhere the whole batch runs as tensors, with no host sync per mask
+    (``batched``: which, when not by device)."""
+    n, h, w = masks.shape
+    if not (masks.device.type != "cpu" if batched is None else batched):
+        out = torch.full((n, 2), 0.0)
+        for i, (m, j) in enumerate(zip(masks, k.tolist())):
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            out[i] = torch.stack([xs[j], ys[j]]).float() if len(ys) else torch.tensor([w - 1.0, h - 1.0])
+        return out + 0.5
+    k = k.to(masks.device, torch.int32)
+    rows = (masks.sum(2, dtype=torch.int32) if rows is None else rows).cumsum(1, dtype=torch.int32)
+    row = torch.searchsorted(rows, (k + 1)[:, None]).squeeze(1).clamp(max=h - 1)
+    before = torch.where(row > 0, rows.gather(1, (row - 1).clamp(min=0)[:, None]).squeeze(1), 0)
+    line = masks[torch.arange(n, device=masks.device), row].cumsum(1, dtype=torch.int32)  # N x W
+    col = torch.searchsorted(line, (k - before + 1)[:, None]).squeeze(1).clamp(max=w - 1)
+    return torch.stack([col, row], -1).float() + 0.5
 
 
-def _boxes(masks: torch.Tensor) -> torch.Tensor:
-    """The bounding boxes (N x 4, x0, y0, x1, y1, x1 / y1 one past the last pixel) of N x H x W bool masks."""
+def _boxes(masks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The bounding boxes (N x 4, x0, y0, x1, y1, x1 / y1 one past the last pixel) of N x H x W bool masks whose
+    set pixels per row are ``rows`` (N x H)."""
     h, w = masks.shape[-2:]
-    rows, cols = masks.any(2), masks.any(1)  # N x H, N x W
+    rows, cols = rows > 0, masks.any(1)  # N x H, N x W
     y0, x0 = rows.int().argmax(1), cols.int().argmax(1)
     y1, x1 = h - rows.flip(1).int().argmax(1), w - cols.flip(1).int().argmax(1)
     return torch.stack([x0, y0, x1, y1], -1).float()
+
+
+def _row_counts(masks: torch.Tensor) -> torch.Tensor:
+    """Set pixels per row (N x H int32) of N x H x W bool masks."""
+    return masks.sum(2, dtype=torch.int32)
 
 
 def first_prompts(masks: torch.Tensor, gen: torch.Generator, jitter: float, box_fraction: float = 0.5
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """masks N x H x W (bool, prompt frame) -> coords N x 2 x 2, labels N x 2 (a box, or a point + pad), on the
     masks' device. The random draws come from ``gen`` (a CPU generator) object by object: whether a box, then
-    its corner noise or the index of its point among the mask's pixels; the masks' work runs as tensors."""
+    its corner noise or the index of its point among the mask's pixels; boxes and points are read from the masks
+    as tensors (``_boxes``, ``_kth_pixels``)."""
     n, h, w = masks.shape
-    sizes = masks.flatten(1).sum(1).tolist()  # the one copy to the host: N numbers
+    rows = _row_counts(masks)
+    sizes = rows.sum(1).tolist()  # the one copy to the host: N numbers
     is_box, noise, k = torch.zeros(n, dtype=torch.bool), torch.zeros(n, 4), torch.zeros(n, dtype=torch.long)
     for i in range(n):
         if float(torch.rand(1, generator=gen)) < box_fraction:
             is_box[i] = True
             noise[i] = torch.rand(4, generator=gen) * 2 - 1
-        elif sizes[i]:  # an empty mask (none reach here from the datasets) gets a click in the corner pixel
+        elif sizes[i]:  # an empty mask (none reach here from the datasets): no draw
             k[i] = int(torch.randint(sizes[i], (1,), generator=gen))
     dev = masks.device
-    box = _boxes(masks)
+    box = _boxes(masks, rows)
     bw, bh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
     box = box + noise.to(dev) * jitter * torch.stack([bw, bh, bw, bh], -1)
     box = torch.minimum(box.clamp(min=0), torch.tensor([w, h, w, h], dtype=box.dtype, device=dev))
-    point = torch.cat([_kth_pixels(masks, k), torch.zeros(n, 2, device=dev)], 1)  # the point, then a pad
+    point = torch.cat([_kth_pixels(masks, k, rows).to(dev), torch.zeros(n, 2, device=dev)], 1)  # point, then pad
     is_box = is_box.to(dev)
     coords = torch.where(is_box[:, None], box, point).reshape(n, 2, 2)
     labels = torch.where(is_box[:, None], torch.tensor([2.0, 3.0], device=dev),
@@ -67,7 +89,8 @@ def error_clicks(predicted: torch.Tensor, masks: torch.Tensor, gen: torch.Genera
     object by object, as in ``first_prompts``."""
     predicted = predicted.to(masks.device)
     missed, extra = masks & ~predicted, predicted & ~masks
-    sizes = torch.stack([missed.flatten(1).sum(1), extra.flatten(1).sum(1), masks.flatten(1).sum(1)], 1).tolist()
+    rows = [_row_counts(t) for t in (missed, extra, masks)]
+    sizes = torch.stack([r.sum(1) for r in rows], 1).tolist()
     n = len(masks)
     positive, in_mask, k = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.long)
     for i, (n_missed, n_extra, n_mask) in enumerate(sizes):
@@ -79,8 +102,13 @@ def error_clicks(predicted: torch.Tensor, masks: torch.Tensor, gen: torch.Genera
             k[i] = int(torch.randint(size, (1,), generator=gen))
     dev = masks.device
     positive, in_mask = positive.to(dev), in_mask.to(dev)
-    source = torch.where(in_mask[:, None, None], masks, torch.where(positive[:, None, None], missed, extra))
-    coords = _kth_pixels(source, k)[:, None]
+
+    def pick(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # the mask / missed / extra one
+        shape = (-1,) + (1,) * (a.dim() - 1)
+        return torch.where(in_mask.view(shape), a, torch.where(positive.view(shape), b, c))
+
+    source = pick(masks, missed, extra)
+    coords = _kth_pixels(source, k, pick(rows[2], rows[0], rows[1])).to(dev)[:, None]
     labels = (positive | in_mask).float()[:, None]
     return coords, labels
 
