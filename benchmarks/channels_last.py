@@ -1,5 +1,5 @@
 """The torch engine's encoder with and without channels_last, per family and precision, on this machine: the
-measurements behind ``engines.auto.CHANNELS_LAST`` (the torch engine's default memory format per device and family).
+measurements behind ``engines.measured.CHANNELS_LAST`` (the torch engine's default memory format per device and family).
 Random weights (seed 0), batch 1, each cell in a process of its own, the two layouts alternating (A B B A ...).
 
     python benchmarks/channels_last.py --models mobilesam,efficientvit-sam-l0,nanosam-r18,sam2.1-hiera-tiny,swiftsam-r18 \\

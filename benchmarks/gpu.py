@@ -302,7 +302,7 @@ def decoder_section(section: dict, plan: Plan) -> None:
 def efficientvit_section(section: dict, plan: Plan) -> None:
     batches, precisions = plan.evit_batches, plan.evit_precisions
     # the reference runs at the model's own input size (512) only; channels_last first, with the reference, then
-    # NCHW (the measured default on CUDA for bf16: engines.auto.CHANNELS_LAST)
+    # NCHW (the measured default on CUDA for bf16: engines.measured.CHANNELS_LAST)
     sweep(section, plan, native=True, models=["efficientvit-sam-l0"], engines=["torch"], precisions=precisions,
           batch_sizes=batches, stages=["encoder"], compare_reference=True, channels_last=True)
     section["rows"] = [{**r, "channels_last": True} if r["implementation"] == "swiftsam" else r

@@ -209,10 +209,10 @@ def test_torch_engine_options_stay_close_to_fp32():
 
 def test_channels_last_default_follows_the_measured_table(monkeypatch):
     from swiftsam.cli import build_parser
-    from swiftsam.engines import auto
+    from swiftsam.engines import measured
 
     model = random_model("nanosam-r18", input_size=256)  # family nanosam
-    monkeypatch.setattr(auto, "CHANNELS_LAST", {("cpu", "nanosam", "fp32"): True, ("cpu", "nanosam", "bf16"): True,
+    monkeypatch.setattr(measured, "CHANNELS_LAST", {("cpu", "nanosam", "fp32"): True, ("cpu", "nanosam", "bf16"): True,
                                                 ("cpu", "nanosam-r18", "bf16"): False, ("cuda", "nanosam", "fp16"): True})
     assert TorchEngine(model).channels_last is True
     assert TorchEngine(model, dtype="bf16").channels_last is False  # the zoo name's row wins over its family's

@@ -76,10 +76,10 @@ def test_predict_best_single_follows_multimask_only(tinysam_like):
     points, labels = np.array([[[60, 50]], [[120, 80.0]]]), np.ones((2, 1))
     best, best_scores = p.predict_best(boxes=boxes, candidates="single")
     best_pts, _ = p.predict_best(points, labels, candidates="single")
-    for i in range(2):
+    for i in range(2):  # scores of a batch of 2 and of 1 prompt: equal up to float rounding of other GEMM shapes
         masks, scores, _ = p.predict(box=boxes[i], multimask_output=False)
-        assert np.array_equal(best[i], masks[0]) and best_scores[i] == pytest.approx(float(scores[0]))
-        assert best_scores[i] == pytest.approx(float(p.predict(box=boxes[i])[1].max()))  # the best of 1..3
+        assert np.array_equal(best[i], masks[0]) and best_scores[i] == pytest.approx(float(scores[0]), rel=1e-5)
+        assert best_scores[i] == pytest.approx(float(p.predict(box=boxes[i])[1].max()), rel=1e-5)  # best of 1..3
         masks, _, _ = p.predict(points[i], labels[i], multimask_output=False)
         assert np.array_equal(best_pts[i], masks[0])
 

@@ -62,7 +62,7 @@ class BenchConfig:
     compare_reference: bool = False
     device: str = "cpu"
     threads: int | None = None
-    channels_last: bool | None = None  # None: the torch engine's measured default (engines.auto.CHANNELS_LAST)
+    channels_last: bool | None = None  # None: the torch engine's measured default (engines.measured.CHANNELS_LAST)
     seed: int = 0
     image: str | None = None  # None: a synthetic 480 x 640 image
 

@@ -9,7 +9,7 @@ from ..modeling.prompt_decoder import PromptDecoder
 from ..modeling.features import ImageFeatures
 from ..modeling.segmenter import Segmenter
 from ..runtime import PRECISIONS, autocast, tune_cpu_allocator
-from .auto import default_channels_last
+from .measured import default_channels_last
 from .base import Engine
 from .optimize import count_foldable, fold_batch_norms
 from .static_decoder import CudaGraphDecoder, StaticShapeDecoder, cached_tensors
@@ -27,7 +27,7 @@ class TorchEngine(Engine):
     kernels (AVX512-BF16, AMX) a bf16 decoder is ~1.7x faster; its agreement with fp32 is measured in
     benchmarks/engines.md.
     ``channels_last`` (default: the layout measured faster for the model's family on its device in ``dtype``,
-    ``engines.auto.CHANNELS_LAST``) runs the encoder on channels-last images.
+    ``engines.measured.CHANNELS_LAST``) runs the encoder on channels-last images.
     ``compile`` wraps the encoder in ``torch.compile`` (default mode with weight freezing, or
     ``compile_mode``; the first call compiles, which takes tens of seconds); ``cuda_graphs``
     captures the encoder for a fixed batch of 1 on a CUDA device and replays it, and the decoder once per
