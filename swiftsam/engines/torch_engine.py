@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from ..errors import EngineError, InputError
@@ -91,6 +93,7 @@ class TorchEngine(Engine):
         # large static inputs to keep per shape and decode eagerly
         self._graphs = StaticShapeDecoder(CudaGraphDecoder(self._decoder)) if cuda_graphs else None
         self._graph: tuple | None = None  # the encoder's CUDA graph, static input, outputs, caches it reads
+        self._graph_lock = threading.Lock()
         self._decoder_input: tuple[ImageFeatures, tuple[torch.Tensor, ...]] | None = None  # see ``_decoder_levels``
 
     @property
@@ -107,7 +110,8 @@ class TorchEngine(Engine):
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         if self.cuda_graphs and image.shape[0] == 1:
-            return ImageFeatures.of(self._replay(image))
+            with self._graph_lock, torch.cuda.device(image.device):  # one static input: one replay at a time
+                return ImageFeatures.of(self._replay(image))
         return self.adopt(ImageFeatures.of(self._run_encoder(image)))
 
     def adopt(self, features: ImageFeatures) -> ImageFeatures:
