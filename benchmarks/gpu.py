@@ -248,6 +248,7 @@ def decoder_agreement(name: str, plan: Plan) -> dict:
     features and prompts: max |difference| of every output, per prompt count and mask input. Without CUDA (a
     smoke run) the same comparison runs the bucketed decoder eagerly, which checks the padding alone."""
     from swiftsam.bench.sweep import _build_model
+    from swiftsam.bench.workloads import example_boxes
     from swiftsam.engines import get_engine
     from swiftsam.engines.static_decoder import StaticShapeDecoder
     from swiftsam.modeling.features import ImageFeatures
@@ -266,10 +267,9 @@ def decoder_agreement(name: str, plan: Plan) -> dict:
     diffs = {}
     for n, masks in ((1, False), (3, True), (6, False)) if plan.smoke else ((1, False), (3, True), (64, False),
                                                                              (70, False), (64, True)):
-        xy = torch.rand(n, 2, generator=g) * 600
-        boxes = torch.cat([xy, xy + 20 + torch.rand(n, 2, generator=g) * 300], 1)
-        mask = torch.randn(n, 1, *model.contract.mask_input_size, generator=g) if masks else None
-        batch = PromptBatch.from_frame(model.contract, None, None, boxes, mask).to(plan.device)
+        mask = torch.randn(n, 1, *model.contract.mask_input_size, generator=g).numpy() if masks else None
+        batch = PromptBatch.from_pixels(model.contract, (480, 640), boxes=example_boxes(n, (480, 640), seed=n),
+                                        mask_input=mask).to(plan.device)
         with torch.inference_mode():
             want, got = eager.decode(feats, *batch.tensors()), other.decode(feats, *batch.tensors())
         diffs[f"{n} box(es){' + mask input' if masks else ''}"] = max(

@@ -327,22 +327,25 @@ class Predictor:
         for tokens in dict.fromkeys(p.point_coords.shape[1] for p in batches):
             group = [i for i, p in enumerate(batches) if p.point_coords.shape[1] == tokens]
             prompts = PromptBatch.cat([batches[i] for i in group])
-            ends = np.cumsum([len(batches[i]) for i in group])  # image group[j] has prompts ends[j-1]:ends[j]
-            if len(group) > 1:
-                gather = [_stack_levels([features[i].levels[k] for i in group], self.device)
-                          for k in range(len(features[0].levels))]
-                owner = torch.repeat_interleave(torch.arange(len(group)), torch.as_tensor(ends - np.r_[0, ends[:-1]]))
+            sizes = [len(batches[i]) for i in group]
+            ends = np.cumsum(sizes)
+            starts = ends - sizes  # image group[j] has prompts starts[j]:ends[j]
+            owner = np.repeat(np.arange(len(group)), sizes)  # each prompt's place in the group
+            gather = None  # the group's features, stacked when a chunk mixes images
             # an engine built for fewer prompts per call (TensorRT's profiles) takes fewer
             step = min(IMAGE_BATCH_PROMPTS, getattr(self.engine, "max_prompts", IMAGE_BATCH_PROMPTS))
             for start in range(0, len(prompts), step):
                 stop = min(len(prompts), start + step)
-                if len(group) == 1 or owner[start] == owner[stop - 1]:  # one image: its features, shared
-                    feats = features[group[int(owner[start]) if len(group) > 1 else 0]]
+                if owner[start] == owner[stop - 1]:  # one image's prompts: its features, shared
+                    feats = features[group[owner[start]]]
                 else:
-                    index = owner[start:stop].to(self.device)
+                    if gather is None:
+                        gather = [_stack_levels([features[i].levels[k] for i in group], self.device)
+                                  for k in range(len(features[0].levels))]
+                    index = torch.as_tensor(owner[start:stop], device=self.device)
                     feats = ImageFeatures.of([take(index) for take in gather])
                 low, iou = self.decode(prompts[start:stop], feats)
-                for i, first, last in zip(group, np.r_[0, ends[:-1]], ends):
+                for i, first, last in zip(group, starts, ends):
                     lo, hi = max(first, start), min(last, stop)
                     if lo < hi:
                         results[i].append((low[lo - start:hi - start], iou[lo - start:hi - start]))
