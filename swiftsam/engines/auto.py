@@ -40,12 +40,15 @@ NEEDS = {"torch": (), "onnxruntime": ("onnxruntime", "onnx"), "openvino": ("open
 # (family or zoo name, precision) -> engines from fastest to slowest, measured on a 2-core AMD EPYC (AVX-512 BF16):
 # encoder latency, benchmarks/engines.md (a zoo name wins over its family)
 MEASURED: dict[tuple[str, str], tuple[str, ...]] = {
-    ("sam", "fp32"): ("onnxruntime", "torch"),  # ViT-B 6.0 s vs 12.7 s
-    ("tinyvit", "fp32"): ("onnxruntime", "torch"),  # MobileSAM 0.55 s vs 0.88 s
-    ("efficientvit", "fp32"): ("torch", "onnxruntime"),  # L0 (512 input) 0.55 s vs 0.60 s
-    ("efficientvit-sam-xl0", "fp32"): ("onnxruntime", "torch"),  # XL0 (1024 input) 2.3 s vs 2.7 s
-    ("efficientvit-sam-xl1", "fp32"): ("onnxruntime", "torch"),  # measured for XL0, same blocks and input size
-    ("nanosam", "fp32"): ("onnxruntime", "torch"),  # ResNet18 0.40 s vs 0.59 s
+    # fp32: quiet machine, 2 threads, one process per engine (benchmarks/engines.md, "The fp32 engine auto picks";
+    # benchmarks/engines_fp32_choice.json)
+    ("sam", "fp32"): ("openvino", "onnxruntime", "torch"),  # ViT-B 5.48 s, 6.56 s, 9.17 s
+    ("tinyvit", "fp32"): ("openvino", "onnxruntime", "torch"),  # MobileSAM 584, 666, 740 ms
+    ("efficientvit", "fp32"): ("openvino", "torch", "onnxruntime"),  # L0 (512 input) 407, 476, 744 ms
+    ("efficientvit-sam-xl0", "fp32"): ("openvino", "torch", "onnxruntime"),  # XL0 (1024 input) 1.91, 2.32, 2.49 s
+    ("efficientvit-sam-xl1", "fp32"): ("openvino", "torch", "onnxruntime"),  # measured for XL0: same blocks and size
+    ("nanosam", "fp32"): ("openvino", "onnxruntime", "torch"),  # ResNet18 414, 434, 452 ms
+    ("sam2", "fp32"): ("openvino", "torch", "onnxruntime"),  # hiera-tiny 1.82, 2.09, 2.68 s
     # swiftsam-r18 (256 px), CPU time per encoder call at 1 thread (benchmarks/engines.md, "OpenVINO")
     ("swiftsam", "fp32"): ("onnxruntime", "openvino", "torch"),  # 100 ms, 101 ms, 121 ms
     ("swiftsam", "bf16"): ("openvino", "torch"),  # 51 ms vs 73 ms
