@@ -9,8 +9,10 @@ Four measurements:
    those products' or an encoder's own: no implementation of an encoder runs its products faster than the machine
    runs a large product alone.
 2. **Work**: each encoder's FLOPs, counted by ``torch.utils.flop_counter`` on swiftsam's encoder at the model's
-   input size (attention through the math path, so its two products are counted). swiftsam's encoders are the
-   authors' architectures (parity-tested within 1e-4), so the count is the authors' as well.
+   input size (attention through the math path, so its two products are counted; element-wise work, norms and
+   softmax are not counted, which only raises the ceilings below). swiftsam's encoders are the authors'
+   architectures (parity-tested within 1e-4), so the count is the authors' as well, except where we fold two
+   products into one (SAM 2's stride-4 / 8 projections: ours is slightly less).
 3. **Ours**: the OpenVINO encoder (swiftsam's fastest CPU engine for every family) at ``--threads``, median of
    ``--iterations`` after one warm-up call.
 4. **Theirs**: the authors' encoder and pipeline (``benchmarks/openvino_cpu.py``, one process per implementation
@@ -44,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from swiftsam.bench.sweep import _build_model, machine_info  # noqa: E402
 from swiftsam.engines import get_engine  # noqa: E402
+from swiftsam.errors import SwiftSamError  # noqa: E402
 from swiftsam.utils import atomic_path  # noqa: E402
 
 PRECISIONS = {"fp32": ("f32", torch.float32), "bf16": ("bf16", torch.bfloat16)}
@@ -130,10 +133,17 @@ def reference_ms(model: str, precision: str, threads: int, tuned: bool) -> dict[
         cmd = [sys.executable, str(ROOT / "benchmarks" / "openvino_cpu.py"), "--models", model, "--impls",
                f"reference {precision}", "--stages", "encoder,pipeline", "--warmup", "1", "--iterations", "3",
                "--threads", str(threads), "--out", str(out)] + (["--malloc-tuning"] if tuned else [])
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        results = json.loads(out.read_text())["models"][model]["results"]
-    return {stage: (results[f"reference {precision}|{stage}"]["wall_median_s"] * 1e3
-                    if f"reference {precision}|{stage}" in results else None) for stage in ("encoder", "pipeline")}
+        run = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if run.returncode != 0:  # recorded; the other cells go on
+            lines = run.stderr.strip().splitlines()
+            return {"encoder": None, "pipeline": None, "why": lines[-1] if lines else f"exit {run.returncode}"}
+        doc = json.loads(out.read_text())["models"][model]
+    results = doc["results"]
+    found = {stage: (results[f"reference {precision}|{stage}"]["wall_median_s"] * 1e3
+                     if f"reference {precision}|{stage}" in results else None) for stage in ("encoder", "pipeline")}
+    why = {**doc.get("skipped", {}), **doc.get("failed", {})}  # e.g. their predictor under bf16 autocast
+    return {**found, "why": why or None}
 
 
 def main() -> None:
@@ -148,6 +158,8 @@ def main() -> None:
     args = p.parse_args()
     precisions = args.precisions.split(",")
     out = {"machine": machine_info(torch.device("cpu")), "config": vars(args), "peak_gflops": {}, "models": {}}
+    with open("/proc/loadavg") as f:
+        out["loadavg_start"] = f.read().split()[:3]
     kernels: dict[str, dict[str, float]] = {p: {} for p in precisions}
 
     def measure_peaks(when: str) -> None:
@@ -164,22 +176,31 @@ def main() -> None:
         flops = encoder_flops(model)
         entry = out["models"][name] = {"flops": flops, "precisions": {}}
         for precision in precisions:
-            times = our_encoder_s(model, precision, args.threads, args.iterations)
+            try:
+                times = our_encoder_s(model, precision, args.threads, args.iterations)
+            except SwiftSamError as e:  # e.g. bf16 on a CPU without BF16 kernels
+                entry["skipped"] = {**entry.get("skipped", {}), precision: str(e)}
+                print(f"{name} {precision}: skipped ({e})", flush=True)
+                continue
             shipped = reference_ms(name, precision, args.threads, tuned=False)
+            tuned = reference_ms(name, precision, args.threads, tuned=True)
             entry["precisions"][precision] = {
                 "ours_ms": statistics.median(times) * 1e3, "ours_times_s": times,
                 "reference_ms": shipped["encoder"], "reference_pipeline_ms": shipped["pipeline"],
-                "reference_malloc_ms": reference_ms(name, precision, args.threads, tuned=True)["encoder"]}
+                "reference_why": shipped["why"], "reference_malloc_ms": tuned["encoder"]}
             print(f"{name} {precision}: {entry['precisions'][precision]}", flush=True)
         del model
     measure_peaks("after")
+    with open("/proc/loadavg") as f:
+        out["loadavg_end"] = f.read().split()[:3]
 
     # the peak: the best rate seen in this run, on a large product before or after the encoders, or by an encoder
     # itself (the VM's clock varies from minute to minute, so a kernel's rate alone can come out under an encoder's)
     for precision in precisions:
         rates = dict(kernels[precision])
         for name, entry in out["models"].items():
-            rates[f"encoder {name}"] = entry["flops"]["total"] / 1e9 / entry["precisions"][precision]["ours_ms"] * 1e3
+            if precision in entry["precisions"]:
+                rates[f"encoder {name}"] = entry["flops"]["total"] / 1e9 / entry["precisions"][precision]["ours_ms"] * 1e3
         out["peak_gflops"][precision] = {"rates": rates, "peak": max(rates.values()),
                                          "best": max(rates, key=rates.get)}
 

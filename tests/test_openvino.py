@@ -236,16 +236,18 @@ def test_auto_follows_this_machines_measurement(monkeypatch):
 
     def fake_measure(m, precision, engines):
         seen.append((precision, tuple(engines)))
-        return {"torch": 2.0, "onnxruntime": 1.5, "openvino": 0.5} if precision == "fp32" else {"torch": 0.4,
+        # fp32: onnxruntime measured fastest here, unlike the table's first choice
+        return {"torch": 2.0, "onnxruntime": 0.5, "openvino": 1.5} if precision == "fp32" else {"torch": 0.4,
                                                                                                  "openvino": 0.6}
 
-    assert auto.calibrate(model, "fp32", measure=fake_measure) == "openvino"
+    assert table[0] != "onnxruntime"
+    assert auto.calibrate(model, "fp32", measure=fake_measure) == "onnxruntime"
     assert seen == [("fp32", ("torch", "openvino", "onnxruntime"))]
     doc = json.loads(auto.choice_file().read_text())
     key = auto.choice_key(model, "fp32")
-    assert doc[key]["engine"] == "openvino" and doc[key]["encoder_s"]["onnxruntime"] == 1.5
+    assert doc[key]["engine"] == "onnxruntime" and doc[key]["encoder_s"]["openvino"] == 1.5
     assert auto.machine_id() in key and "|nanosam|256|fp32" in key
-    assert auto.resolve(model, {}) == ("openvino", {"precision": "fp32"})
+    assert auto.resolve(model, {}) == ("onnxruntime", {})
     # bf16 has its own entry: torch measured faster there, and takes the precision as dtype
     assert auto.calibrate(model, "bf16", measure=fake_measure) == "torch"
     assert auto.resolve(model, {"dtype": "bf16"}) == ("torch", {"dtype": "bf16"})
@@ -253,8 +255,8 @@ def test_auto_follows_this_machines_measurement(monkeypatch):
     # another input size is another key: back to the table
     assert auto.resolve(swiftsam.build("nanosam-r18", input_size=512), {})[0] == table[0]
     # a recorded engine that is not installed here is not used: the table's fastest installed one is
-    monkeypatch.setattr(auto, "installed", lambda engine: engine != "openvino")
-    assert auto.resolve(model, {})[0] == next(e for e in table if e != "openvino")
+    monkeypatch.setattr(auto, "installed", lambda engine: engine != "onnxruntime")
+    assert auto.resolve(model, {})[0] == next(e for e in table if e != "onnxruntime")
 
 
 def test_auto_calibrates_on_first_use_when_asked(monkeypatch):
