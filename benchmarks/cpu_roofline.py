@@ -31,11 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,22 +42,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from swiftsam.bench.measure import Timing, measure  # noqa: E402
 from swiftsam.bench.sweep import _build_model, machine_info  # noqa: E402
 from swiftsam.engines import get_engine  # noqa: E402
 from swiftsam.errors import SwiftSamError  # noqa: E402
 from swiftsam.utils import atomic_path  # noqa: E402
 
+CPU = torch.device("cpu")
 PRECISIONS = {"fp32": ("f32", torch.float32), "bf16": ("bf16", torch.bfloat16)}
 
 
 def _best(fn, repeats: int = 8) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    """The fastest of ``repeats`` timed calls after one untimed one, in seconds."""
+    return measure(fn, CPU, warmup=1, iterations=repeats).min_s
 
 
 def peak_rates(precision: str, threads: int) -> dict[str, float]:
@@ -111,17 +106,11 @@ def encoder_flops(model) -> dict[str, float]:
     return {"total": counter.get_total_flops(), "by_op": by_op}
 
 
-def our_encoder_s(model, precision: str, threads: int, iterations: int) -> list[float]:
+def our_encoder(model, precision: str, threads: int, iterations: int) -> Timing:
     engine = get_engine("openvino", model, precision=precision, threads=threads)
     s = model.spec.input_size
     x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
-    engine.encode(x)
-    times = []
-    for _ in range(iterations):
-        t = time.perf_counter()
-        engine.encode(x)
-        times.append(time.perf_counter() - t)
-    return times
+    return measure(lambda: engine.encode(x), CPU, warmup=1, iterations=iterations)
 
 
 def reference_ms(model: str, precision: str, threads: int, tuned: bool) -> dict[str, float | None]:
@@ -177,7 +166,7 @@ def main() -> None:
         entry = out["models"][name] = {"flops": flops, "precisions": {}}
         for precision in precisions:
             try:
-                times = our_encoder_s(model, precision, args.threads, args.iterations)
+                timing = our_encoder(model, precision, args.threads, args.iterations)
             except SwiftSamError as e:  # e.g. bf16 on a CPU without BF16 kernels
                 entry["skipped"] = {**entry.get("skipped", {}), precision: str(e)}
                 print(f"{name} {precision}: skipped ({e})", flush=True)
@@ -185,7 +174,7 @@ def main() -> None:
             shipped = reference_ms(name, precision, args.threads, tuned=False)
             tuned = reference_ms(name, precision, args.threads, tuned=True)
             entry["precisions"][precision] = {
-                "ours_ms": statistics.median(times) * 1e3, "ours_times_s": times,
+                "ours_ms": timing.median_s * 1e3, "ours_min_ms": timing.min_s * 1e3,
                 "reference_ms": shipped["encoder"], "reference_pipeline_ms": shipped["pipeline"],
                 "reference_why": shipped["why"], "reference_malloc_ms": tuned["encoder"]}
             print(f"{name} {precision}: {entry['precisions'][precision]}", flush=True)

@@ -19,7 +19,7 @@ from .modeling.contract import ModelContract
 from .modeling.features import ImageFeatures
 from .modeling.prompt_decoder import OUTPUT_REQUESTS, choose_outputs
 from .modeling.segmenter import Segmenter
-from .prompts import PromptBatch, _as_float_array, check_boxes, check_mask_input, check_points, check_prompt_tensors
+from .prompts import PromptBatch, as_float_array, check_boxes, check_mask_input, check_points, check_prompt_tensors
 from .runtime import resolve_device
 from .transforms import frame_shape, postprocess_masks, preprocess_image
 from .utils import save_torch_atomic
@@ -290,8 +290,8 @@ class Predictor:
                                               (boxes, "box_batch"), (mask_input, "mask_input_batch"))]
         batches, single = [], []
         for i, ((_, size), c, lab, b, m) in enumerate(zip(entries, *args)):
-            c = None if c is None else _as_float_array(c, f"point_coords_batch[{i}]")
-            b = None if b is None else _as_float_array(b, f"box_batch[{i}]")
+            c = None if c is None else as_float_array(c, f"point_coords_batch[{i}]")
+            b = None if b is None else as_float_array(b, f"box_batch[{i}]")
             one = not (b is not None and b.ndim == 2 and len(b) > 1 or c is not None and c.ndim == 3)
             if one:  # one prompt, as ``predict`` takes it
                 c, lab, m = (None if a is None else np.asarray(a)[None] for a in (c, lab, m))
@@ -324,6 +324,8 @@ class Predictor:
                             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every output (low-res logits, IoU) of the prompts ``batches[i]`` on the image of ``features[i]``."""
         results: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in batches]
+        # an engine built for fewer prompts per call (TensorRT's profiles) takes fewer
+        step = min(IMAGE_BATCH_PROMPTS, self.engine.max_prompts or IMAGE_BATCH_PROMPTS)
         for tokens in dict.fromkeys(p.point_coords.shape[1] for p in batches):
             group = [i for i, p in enumerate(batches) if p.point_coords.shape[1] == tokens]
             prompts = PromptBatch.cat([batches[i] for i in group])
@@ -332,8 +334,6 @@ class Predictor:
             starts = ends - sizes  # image group[j] has prompts starts[j]:ends[j]
             owner = np.repeat(np.arange(len(group)), sizes)  # each prompt's place in the group
             gather = None  # the group's features, stacked when a chunk mixes images
-            # an engine built for fewer prompts per call (TensorRT's profiles) takes fewer
-            step = min(IMAGE_BATCH_PROMPTS, getattr(self.engine, "max_prompts", IMAGE_BATCH_PROMPTS))
             for start in range(0, len(prompts), step):
                 stop = min(len(prompts), start + step)
                 if owner[start] == owner[stop - 1]:  # one image's prompts: its features, shared

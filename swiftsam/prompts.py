@@ -19,7 +19,7 @@ TORCH_LABELS = (-1, 0, 1, 2, 3)  # predict_torch also takes box corners as point
 _LABEL_NAMES = {1: "1 (foreground)", 0: "0 (background)", 2: "2 (box top-left)", 3: "3 (box bottom-right)"}
 
 
-def _as_float_array(x: object, what: str) -> np.ndarray:
+def as_float_array(x: object, what: str) -> np.ndarray:
     try:
         a = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError):
@@ -35,13 +35,13 @@ def check_points(coords: object, labels: object, hw: tuple[int, int], batched: b
     """Points as (N, 2) [or (B, N, 2)] x, y pixels inside the image; labels (N,) [or (B, N)].
 
     ``frame`` names the ``hw`` frame in messages; ``tol`` pixels of slack at its edges."""
-    c = _as_float_array(coords, "point_coords")
+    c = as_float_array(coords, "point_coords")
     shape = "(B, N, 2)" if batched else "(N, 2)"
     if c.ndim != (3 if batched else 2) or c.shape[-1] != 2 or c.shape[-2] == 0:
         raise InputError(f"point_coords must have shape {shape} as x, y pixels; got shape {c.shape}.")
     if labels is None:
         raise InputError("point_labels are required with point_coords: 1 = foreground, 0 = background.")
-    lab = _as_float_array(labels, "point_labels")
+    lab = as_float_array(labels, "point_labels")
     if lab.shape != c.shape[:-1]:
         raise InputError(f"point_labels must have shape {c.shape[:-1]} to match point_coords; got {lab.shape}.")
     if not np.all(np.isin(lab, allowed_labels)):
@@ -58,7 +58,7 @@ def check_points(coords: object, labels: object, hw: tuple[int, int], batched: b
 def check_boxes(box: object, hw: tuple[int, int], batched: bool = False, *, frame: str = "image",
                 tol: float = 0.0) -> np.ndarray:
     """Boxes as x0, y0, x1, y1 pixels inside the image: (4,) [or (B, 4)]. ``frame``, ``tol``: as check_points."""
-    b = _as_float_array(box, "box")
+    b = as_float_array(box, "box")
     if (batched and (b.ndim != 2 or b.shape[1] != 4 or b.shape[0] == 0)) or (not batched and b.shape != (4,)):
         want = "(B, 4)" if batched else "(4,)"
         raise InputError(f"box must have shape {want} as x0, y0, x1, y1 pixels; got shape {b.shape}.")
@@ -76,7 +76,7 @@ def check_boxes(box: object, hw: tuple[int, int], batched: bool = False, *, fram
 
 def check_mask_input(mask: object, size: tuple[int, int], batch: int | None = None) -> np.ndarray:
     """Low-resolution logits from an earlier prediction: (1, 256, 256) [or (B, 1, 256, 256)]."""
-    m = _as_float_array(mask, "mask_input")
+    m = as_float_array(mask, "mask_input")
     want = (1, *size) if batch is None else (batch, 1, *size)
     if m.shape != want:
         raise InputError(
@@ -108,7 +108,7 @@ def check_prompt_tensors(point_coords: object, point_labels: object, boxes: obje
     if mask_input is not None:
         m = mask_input
         if not isinstance(m, torch.Tensor):
-            m = torch.as_tensor(_as_float_array(m, "mask_input"))
+            m = torch.as_tensor(as_float_array(m, "mask_input"))
         want = (sizes[0] if sizes else m.shape[0], 1, *mask_size)
         if tuple(m.shape) != want:
             raise InputError(f"mask_input must have shape {want} (the low-res logits returned by predict); "

@@ -86,10 +86,23 @@ def preprocess_image(image: np.ndarray, spec, device: torch.device | str = "cpu"
     else:
         resized = resize_longest_side(image, s)
         x = torch.from_numpy(np.ascontiguousarray(resized)).to(device).permute(2, 0, 1)[None].float()
-    mean = torch.tensor(spec.pixel_mean, device=x.device).view(-1, 1, 1)
-    std = torch.tensor(spec.pixel_std, device=x.device).view(-1, 1, 1)
-    x = (x - mean) / std
-    return F.pad(x, (0, s - w, 0, s - h)), (h, w)
+    return F.pad(normalize_pixels(x, spec), (0, s - w, 0, s - h)), (h, w)
+
+
+def normalize_pixels(pixels: torch.Tensor, spec, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """B x 3 x S x S uint8 -> float32 normalised with the model's pixel mean and std, on ``pixels``' device (a
+    GPU training run normalises there the uint8 batch its loader made; ``spec``: the model's ``ImageSpec``). ``valid`` (B x 2, optional): each image's resized
+    (h, w); outside it the result is 0, as ``preprocess_image`` pads after normalising. ``preprocess_image``
+    normalises with it too (float input passes through ``.float()`` unchanged)."""
+    mean = torch.tensor(spec.pixel_mean, device=pixels.device).view(-1, 1, 1)
+    std = torch.tensor(spec.pixel_std, device=pixels.device).view(-1, 1, 1)
+    x = (pixels.float() - mean) / std
+    if valid is not None:
+        valid = valid.to(pixels.device)
+        rows = torch.arange(x.shape[-2], device=x.device)[None, :, None] < valid[:, 0, None, None]
+        cols = torch.arange(x.shape[-1], device=x.device)[None, None, :] < valid[:, 1, None, None]
+        x = x.masked_fill(~(rows & cols)[:, None], 0.0)
+    return x
 
 
 def preprocess_square(image: np.ndarray | torch.Tensor, spec, device: torch.device | str = "cpu") -> torch.Tensor:

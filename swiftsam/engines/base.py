@@ -18,6 +18,7 @@ class Engine(ABC):
     """
 
     name: str = ""
+    max_prompts: int | None = None  # prompts one decode call takes at most (TensorRT's profile); None: any number
 
     def __init__(self, model: Segmenter) -> None:
         self.model = model

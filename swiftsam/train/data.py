@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InputError
 from ..image_io import list_images
-from ..transforms import preprocess_image, resize_longest_side
+from ..transforms import normalize_pixels, preprocess_image, resize_longest_side
 from .prompts import low_res_targets
 
 if TYPE_CHECKING:
@@ -58,22 +58,6 @@ def crop_box(rng: np.random.Generator, h: int, w: int, scale: tuple[float, float
     else:
         cw, ch = w, h
     return (h - ch) // 2, (w - cw) // 2, ch, cw
-
-
-def normalize_pixels(pixels: torch.Tensor, spec: ImageSpec, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """B x 3 x S x S uint8 -> float32 normalised with the model's pixel mean and std, on ``pixels``' device (a
-    GPU run normalises there the uint8 batch its loader made). ``valid`` (B x 2, optional): each image's resized
-    (h, w); outside it the result is 0, as ``preprocess_image`` pads after normalising. The same float32
-    operations as ``preprocess_image``: equal values (``tests/test_train_feed.py``)."""
-    mean = torch.tensor(spec.pixel_mean, device=pixels.device).view(-1, 1, 1)
-    std = torch.tensor(spec.pixel_std, device=pixels.device).view(-1, 1, 1)
-    x = (pixels.float() - mean) / std
-    if valid is not None:
-        valid = valid.to(pixels.device)
-        rows = torch.arange(x.shape[-2], device=x.device)[None, :, None] < valid[:, 0, None, None]
-        cols = torch.arange(x.shape[-1], device=x.device)[None, None, :] < valid[:, 1, None, None]
-        x = x.masked_fill(~(rows & cols)[:, None], 0.0)
-    return x
 
 
 def encoder_pixels(image: np.ndarray, spec: ImageSpec) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ def _kth_pixels(masks: torch.Tensor, k: torch.Tensor, rows: torch.Tensor | None 
             out[i] = torch.stack([xs[j], ys[j]]).float() if len(ys) else torch.tensor([w - 1.0, h - 1.0])
         return out + 0.5
     k = k.to(masks.device, torch.int32)
-    rows = (masks.sum(2, dtype=torch.int32) if rows is None else rows).cumsum(1, dtype=torch.int32)
+    rows = (_row_counts(masks) if rows is None else rows).cumsum(1, dtype=torch.int32)
     row = torch.searchsorted(rows, (k + 1)[:, None]).squeeze(1).clamp(max=h - 1)
     before = torch.where(row > 0, rows.gather(1, (row - 1).clamp(min=0)[:, None]).squeeze(1), 0)
     line = masks[torch.arange(n, device=masks.device), row].cumsum(1, dtype=torch.int32)  # N x W

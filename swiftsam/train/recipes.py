@@ -192,10 +192,6 @@ class Recipe:
         device: made by the loader's workers (``data.EncoderInputs``)."""
         return self.data.inputs.batch_input(batch, role, rows).to(self.device)
 
-    def _embed(self, model: Sam, x: torch.Tensor) -> torch.Tensor:
-        """The image embedding of a B x 3 x S x S encoder input (``_input``)."""
-        return model.image_encoder(x)
-
 
 class DistillEncoder(Recipe):
     name = "distill-encoder"
@@ -310,12 +306,12 @@ class _Prompted(Recipe):
     def _decode(decoder: PromptDecoder, emb, coords, labels, mask_in, has_mask, tokens: bool = False):
         return decoder(emb, coords, labels, mask_in, has_mask, return_tokens=tokens)
 
-    def _clicks(self, low: torch.Tensor, full_gt: torch.Tensor, gen: torch.Generator):
-        """Error-region clicks from low-res logits (N x 256 x 256), mapped into the prompt frame."""
+    def _clicks(self, low: torch.Tensor, low_gt: torch.Tensor, gen: torch.Generator):
+        """Error-region clicks from low-res logits (N x 256 x 256), mapped into the prompt frame. ``low_gt``: the
+        batch's low-res targets (``_targets``: the ground truth area-downsampled in the workers)."""
         ps = self.student.spec.prompt_size
         scale = ps / low.shape[-1]
-        gt_low = torch.nn.functional.interpolate(full_gt[:, None].float(), low.shape[-2:], mode="area")[:, 0] > 0.5
-        coords, labels = error_clicks(low.detach() > 0, gt_low, gen)
+        coords, labels = error_clicks(low.detach() > 0, low_gt > 0.5, gen)
         return coords * scale, labels
 
 
@@ -332,9 +328,9 @@ class DistillFull(_Prompted):
         gen = as_generator(c.seed, step, rank, micro)
         full_gt, low_gt, owner = self._targets(batch)
         with torch.no_grad():
-            t_emb = self._embed(self.teacher, self._input(batch, "teacher")).float()
+            t_emb = self.teacher.image_encoder(self._input(batch, "teacher")).float()
         with self.autocast():
-            s_emb = self._embed(self.student, self._input(batch, "student"))
+            s_emb = self.student.image_encoder(self._input(batch, "student"))
         loss_emb = embedding_loss(c.loss, s_emb, t_emb)
         idx = torch.as_tensor(owner, device=self.device)
         coords, labels = first_prompts(full_gt, gen, c.box_jitter)
@@ -363,7 +359,7 @@ class DistillFull(_Prompted):
             if r + 1 < c.prompt_rounds:
                 best = s_iou.detach().argmax(dim=1)
                 chosen = s_low.detach()[torch.arange(n), best]
-                new_c, new_l = self._clicks(chosen, full_gt, gen)
+                new_c, new_l = self._clicks(chosen, low_gt, gen)
                 coords, labels = torch.cat([coords, new_c], 1), torch.cat([labels, new_l], 1)
                 s_mask = chosen[:, None]
                 t_mask = t_low[torch.arange(n), t_iou.argmax(dim=1)][:, None]
@@ -395,7 +391,7 @@ class TrainMasks(_Prompted):
         idx = torch.as_tensor(owner, device=self.device)
         n = len(owner)
         with self.autocast():
-            emb = self._embed(self.student, self._input(batch, "student"))
+            emb = self.student.image_encoder(self._input(batch, "student"))
         coords, labels = first_prompts(full_gt, gen, c.box_jitter)
         mask_in = torch.zeros(n, 1, *self.student.contract.mask_input_size, device=self.device)
         has = torch.zeros(n, device=self.device)
@@ -423,7 +419,7 @@ class TrainMasks(_Prompted):
             chosen = low[torch.arange(n), chosen_idx]
             ious.append(logits_iou(chosen, low_gt).mean())
             if r + 1 < c.prompt_rounds:
-                new_c, new_l = self._clicks(chosen, full_gt, gen)
+                new_c, new_l = self._clicks(chosen, low_gt, gen)
                 coords, labels = torch.cat([coords, new_c], 1), torch.cat([labels, new_l], 1)
                 mask_in, has = chosen.detach()[:, None], torch.ones(n, device=self.device)
         loss = torch.stack(losses).mean()
