@@ -329,3 +329,16 @@ def test_cli_engine_options_for_openvino():
         engine_options(args(dtype="fp16"))
     with pytest.raises(InputError, match="int8 runs on --engine openvino"):
         engine_options(args(engine="torch", dtype="int8"))
+
+
+@needs_openvino
+def test_an_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
+    """``engine="auto"`` now converts to OpenVINO on first use: a SWIFTSAM_HOME that cannot be written says what to do
+    (a file in the way stands in for a read-only folder, which root could still write)."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("SWIFTSAM_HOME", str(tmp_path / "file" / "home"))
+    monkeypatch.setattr(auto, "installed", lambda engine: True)
+    model = swiftsam.build("nanosam-r18", input_size=256)
+    assert auto.resolve(model, {})[0] == "openvino"
+    with pytest.raises(EngineError, match="cannot write the OpenVINO cache .*set SWIFTSAM_HOME to a writable folder"):
+        swiftsam.Predictor(model)
